@@ -1,0 +1,38 @@
+# Two commands set everything up: `make up` runs the example stack, `make test` runs the checks.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK ?= examples/shop/corral.toml
+
+.PHONY: up test lint pytest install clean bench
+
+$(BIN)/corral: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.test-deps: $(BIN)/corral
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install: $(BIN)/corral
+
+up: $(BIN)/corral
+	$(BIN)/corral up -f $(STACK)
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+pytest: $(VENV)/.test-deps
+	$(BIN)/pytest
+
+test: lint pytest
+
+bench: $(BIN)/corral
+	bash bench/run-all.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

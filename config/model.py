@@ -1,0 +1,156 @@
+"""The resolved plan: immutable, fully defaulted, checked once by `config.load`.
+
+Everything downstream (supervisor, proxy) reads these objects and never the TOML.
+Durations are float seconds, sizes are int bytes, paths are absolute.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class RestartPolicy(enum.Enum):
+    ALWAYS = "always"
+    ON_FAILURE = "on-failure"
+    NO = "no"
+
+
+class DependCondition(enum.Enum):
+    STARTED = "started"  # the dependency's instances have been spawned
+    HEALTHY = "healthy"  # every instance of the dependency is ready
+    COMPLETED = "completed"  # a oneshot dependency exited 0
+
+
+class HealthKind(enum.Enum):
+    HTTP = "http"
+    TCP = "tcp"
+    EXEC = "exec"
+
+
+class Balance(enum.Enum):
+    ROUND_ROBIN = "round_robin"
+    LEAST_CONN = "least_conn"
+    P2C = "p2c"
+    RANDOM = "random"
+    HASH = "hash"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSpec:
+    """One probe used for both readiness and liveness.
+
+    Readiness: the first success puts the instance in the proxy pool; `retries` consecutive
+    failures take it out (state `unhealthy`). Liveness: an instance that stays unhealthy for
+    another `retries` probes is restarted (when `restart_unhealthy`).
+    """
+
+    kind: HealthKind
+    path: str = "/healthz"  # http
+    command: tuple[str, ...] = ()  # exec
+    interval: float = 2.0
+    timeout: float = 1.0
+    retries: int = 3
+    start_period: float = 0.0
+    restart_unhealthy: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """How the proxy picks this service for a request."""
+
+    path: str = "/"
+    host: str | None = None
+    strip_prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HashKey:
+    """What `balance = "hash"` hashes: the client IP, a header or a cookie."""
+
+    source: str = "ip"  # "ip" | "header" | "cookie"
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    command: tuple[str, ...]  # argv template; "{port}" is replaced per instance
+    cwd: Path
+    instances: int = 1
+    port: int | None = None  # base port: instance i prefers port + i
+    auto_port: bool = False  # port = "auto": any free port
+    venv: bool = True
+    requirements: Path | None = None  # None with venv=True: a venv with no extra packages
+    python: str = "python3"  # interpreter the venv is built from
+    env: dict[str, str] = field(default_factory=dict)  # env_file merged in, interpolated
+    restart: RestartPolicy = RestartPolicy.ALWAYS
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 10.0
+    depends_on: dict[str, DependCondition] = field(default_factory=dict)
+    oneshot: bool = False
+    health: HealthSpec | None = None
+    # Crash-loop protection: more than crash_limit crashes inside crash_window → failed.
+    crash_limit: int = 5
+    crash_window: float = 60.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 30.0
+    # Proxy side (ignored when the service has no port or [proxy] is absent).
+    route: RouteSpec | None = None
+    balance: Balance = Balance.ROUND_ROBIN
+    hash_key: HashKey = field(default_factory=HashKey)
+    weights: tuple[int, ...] = ()  # per instance; missing entries weigh 1
+    drain_timeout: float = 30.0
+    # Rolling operations and watch mode.
+    max_surge: int = 1
+    watch: tuple[str, ...] = ()
+    watch_ignore: tuple[str, ...] = ()
+
+    @property
+    def has_port(self) -> bool:
+        return self.port is not None or self.auto_port
+
+    def weight(self, index: int) -> int:
+        """Weight of instance `index` (0-based)."""
+        return self.weights[index] if index < len(self.weights) else 1
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySpec:
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 8080),)
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+    idle_timeout: float = 4.0  # kept below common backend keep-alive timeouts (5 s)
+    retries: int = 2
+    retry_idempotent_errors: bool = True
+    max_body_size: int = 0  # 0 = unlimited
+    max_header_size: int = 64 * 1024
+    queue_timeout: float = 10.0
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    eject_failures: int = 5
+    eject_cooldown: float = 10.0
+    access_log: bool = False
+    workers: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonSpec:
+    state_dir: Path  # venvs, logs, state file
+    socket: Path
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_keep: int = 5
+    log_tail_lines: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A whole corral.toml, resolved."""
+
+    path: Path  # the config file
+    project: str
+    services: dict[str, ServiceSpec]  # in start order (dependencies first)
+    daemon: DaemonSpec
+    proxy: ProxySpec | None = None

@@ -1,0 +1,52 @@
+"""A service's environment: `env_file` entries overlaid by the `env` table."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from dotenv import dotenv_values
+from dotenv.variables import parse_variables
+
+from config.table import Table, show
+
+
+def read_environment(table: Table, cwd: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """`env_file` files in order, then the `env` table, which wins."""
+    env: dict[str, str] = {}
+    for name in table.strings("env_file"):
+        path = (cwd / Path(name).expanduser()).resolve()
+        if not path.is_file():
+            raise table.error("env_file", f"file {path} does not exist")
+        try:
+            env.update(_read_dotenv(path, environ))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise table.error("env_file", f"cannot read {path}: {exc}") from None
+    raw = table.data.get("env", {})
+    if not isinstance(raw, dict):
+        raise table.expected("env", "a table of NAME = value")
+    for key, value in raw.items():
+        if not key or "=" in key or "\0" in key:
+            raise table.error("env", f"expected a variable name without '=', got {show(key)}")
+        if isinstance(value, bool):
+            env[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            env[key] = str(value)
+        else:
+            raise table.error(f"env.{key}", f"expected a string or number, got {show(value)}")
+    return env
+
+
+def _read_dotenv(path: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    # dotenv's own interpolation reads os.environ; resolving here with the same rules
+    # (earlier file entries win over the environment) honours the `environ` passed to load().
+    resolved: dict[str, str] = {}
+    for key, value in dotenv_values(path, interpolate=False).items():
+        if value is None:
+            # A bare `NAME` line passes the variable through from the environment, as compose does.
+            if key in environ:
+                resolved[key] = environ[key]
+            continue
+        scope: dict[str, str | None] = {**environ, **resolved}
+        resolved[key] = "".join(atom.resolve(scope) for atom in parse_variables(value))
+    return resolved

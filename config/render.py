@@ -1,0 +1,133 @@
+"""A resolved Plan as text for `corral check`, and as JSON for `corral check --json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+import re
+import shlex
+import signal
+from pathlib import Path
+
+from config.model import HealthKind, HealthSpec, Plan, ServiceSpec
+from config.units import format_duration, format_size
+
+_PLAIN = re.compile(r"[\w@%+=:,./{}-]+")
+
+
+def render(plan: Plan) -> str:
+    """The plan as `corral check` prints it: a header, then one block per service in start order."""
+    root = plan.path.parent
+    lines = [
+        f"project {plan.project} ({plan.path})",
+        f"  state_dir   {_relative(plan.daemon.state_dir, root)}",
+        f"  socket      {_relative(plan.daemon.socket, root)}",
+        f"  logs        {format_size(plan.daemon.log_max_bytes)} x {plan.daemon.log_keep} files",
+        "  proxy       "
+        + (", ".join(format_address(a) for a in plan.proxy.listen) if plan.proxy else "off"),
+    ]
+    for spec in plan.services.values():
+        lines += ["", *_service_lines(spec, root, proxied=plan.proxy is not None)]
+    return "\n".join(lines) + "\n"
+
+
+def describe_ports(spec: ServiceSpec) -> str:
+    """ "ports 8001-8003", "port 8001", "port auto" or "no port"."""
+    if spec.auto_port:
+        return "port auto"
+    if spec.port is None:
+        return "no port"
+    last = spec.port + spec.instances - 1
+    return f"ports {spec.port}-{last}" if last > spec.port else f"port {spec.port}"
+
+
+def format_address(address: tuple[str, int]) -> str:
+    """("::1", 80) -> "[::1]:80"."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _service_lines(spec: ServiceSpec, root: Path, proxied: bool) -> list[str]:
+    fields = {
+        "command": _command(spec.command),
+        "instances": f"{spec.instances}, {describe_ports(spec)}",
+        "cwd": _relative(spec.cwd, root),
+        "venv": _venv(spec, root),
+        "env": ", ".join(spec.env) or "-",  # names only: values are often secrets
+        "health": _health(spec.health),
+        "depends_on": ", ".join(f"{n} ({c.value})" for n, c in spec.depends_on.items()) or "-",
+        "restart": f"{spec.restart.value}, stop {spec.stop_signal.name} "
+        f"then SIGKILL after {format_duration(spec.stop_timeout)}",
+        "route": _route(spec, proxied),
+    }
+    if spec.oneshot:
+        fields["instances"] += ", oneshot"
+    if spec.watch:
+        fields["watch"] = ", ".join(spec.watch)
+    return [spec.name] + [f"  {key:<11} {value}" for key, value in fields.items()]
+
+
+def _command(argv: tuple[str, ...]) -> str:
+    # shlex.join would print '{port}'; the placeholder reads better bare.
+    return " ".join(arg if _PLAIN.fullmatch(arg) else shlex.quote(arg) for arg in argv)
+
+
+def _venv(spec: ServiceSpec, root: Path) -> str:
+    if not spec.venv:
+        return "none"
+    requirements = _relative(spec.requirements, root) if spec.requirements else "no requirements"
+    return f"{spec.python}, {requirements}"
+
+
+def _health(health: HealthSpec | None) -> str:
+    if health is None:
+        return "-"
+    what = {
+        HealthKind.HTTP: f"http {health.path}",
+        HealthKind.TCP: "tcp",
+        HealthKind.EXEC: f"exec {_command(health.command)}",
+    }[health.kind]
+    return (
+        f"{what} every {format_duration(health.interval)} "
+        f"(timeout {format_duration(health.timeout)}, {health.retries} retries)"
+    )
+
+
+def _route(spec: ServiceSpec, proxied: bool) -> str:
+    if spec.route is None or not proxied:
+        return "not proxied"
+    where = f"{spec.route.host or '*'}{spec.route.path}"
+    strip = ", strip prefix" if spec.route.strip_prefix else ""
+    hashed = f" on {spec.hash_key.source}" if spec.balance.value == "hash" else ""
+    if spec.hash_key.name:
+        hashed += f" {spec.hash_key.name}"
+    weights = f", weights {list(spec.weights)}" if spec.weights else ""
+    return f"{where} -> {spec.balance.value}{hashed}{weights}{strip}"
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def plan_to_json(plan: Plan) -> dict[str, object]:
+    """The plan as JSON-serialisable data, mirroring the model's field names."""
+    data = _jsonable(plan)
+    assert isinstance(data, dict)
+    return data
+
+
+def _jsonable(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, signal.Signals):  # an IntEnum: its name reads better than 15
+        return value.name
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path | ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    return value

@@ -1,0 +1,115 @@
+"""`corral check` output: the text rendering and the JSON form of a plan."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+from config import load, plan_to_json, render
+from config.model import Plan
+
+CONFIG = """
+[proxy]
+listen = [":8080", "[::1]:8080"]
+
+[services.api]
+command = "python app.py --port {port}"
+instances = 3
+port = 8001
+cwd = "api"
+python = "python3.11"
+env = { DEBUG = "1", TOKEN = "secret-value" }
+depends_on = { db = "healthy" }
+health = { http = "/healthz", interval = "500ms" }
+route = { path = "/api", host = "api.localhost", strip_prefix = true }
+balance = "hash"
+hash_on = "header:X-User"
+weight = [3, 1]
+
+[services.db]
+command = ["db", "--name", "my shop"]
+port = 5432
+venv = false
+health = { tcp = true }
+
+[services.jobs]
+command = "python jobs.py"
+oneshot = true
+venv = false
+"""
+
+
+def _plan(tmp_path: Path) -> Plan:
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "requirements.txt").write_text("aiohttp\n")
+    path = tmp_path / "corral.toml"
+    path.write_text(CONFIG)
+    return load(path, environ={})
+
+
+def test_render(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+
+    expected = f"""\
+        project {tmp_path.name} ({plan.path})
+          state_dir   .corral
+          socket      .corral/corral.sock
+          logs        10MB x 5 files
+          proxy       127.0.0.1:8080, [::1]:8080
+
+        db
+          command     db --name 'my shop'
+          instances   1, port 5432
+          cwd         .
+          venv        none
+          env         -
+          health      tcp every 2s (timeout 1s, 3 retries)
+          depends_on  -
+          restart     always, stop SIGTERM then SIGKILL after 10s
+          route       not proxied
+
+        api
+          command     python app.py --port {{port}}
+          instances   3, ports 8001-8003
+          cwd         api
+          venv        python3.11, api/requirements.txt
+          env         DEBUG, TOKEN
+          health      http /healthz every 500ms (timeout 500ms, 3 retries)
+          depends_on  db (healthy)
+          restart     always, stop SIGTERM then SIGKILL after 10s
+          route       api.localhost/api -> hash on header X-User, weights [3, 1], strip prefix
+
+        jobs
+          command     python jobs.py
+          instances   1, no port, oneshot
+          cwd         .
+          venv        none
+          env         -
+          health      -
+          depends_on  -
+          restart     no, stop SIGTERM then SIGKILL after 10s
+          route       not proxied
+        """
+    assert render(plan) == textwrap.dedent(expected)
+    assert "secret-value" not in render(plan)
+
+
+def test_plan_to_json_is_serialisable(tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+
+    data = json.loads(json.dumps(plan_to_json(plan)))
+
+    assert data["path"] == str(plan.path)
+    assert list(data["services"]) == ["db", "api", "jobs"]
+    api = data["services"]["api"]
+    assert api["command"] == ["python", "app.py", "--port", "{port}"]
+    assert api["stop_signal"] == "SIGTERM"
+    assert api["restart"] == "always"
+    assert api["depends_on"] == {"db": "healthy"}
+    assert api["health"]["kind"] == "http"
+    assert api["route"] == {"path": "/api", "host": "api.localhost", "strip_prefix": True}
+    assert api["hash_key"] == {"source": "header", "name": "X-User"}
+    assert api["weights"] == [3, 1]
+    assert data["proxy"]["listen"] == [["127.0.0.1", 8080], ["::1", 8080]]
+    assert data["daemon"]["socket"] == str(plan.daemon.socket)

@@ -1,0 +1,420 @@
+"""The `corral` command: a thin client of the daemon, plus `up` / `daemon` that run one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import config
+from config.model import Plan
+
+from .client import Client
+from .errors import ControlError, SupervisorError
+from .output import LogPrinter, ps_table
+
+log = logging.getLogger("corral")
+
+Command = Callable[[argparse.Namespace], int]
+T = TypeVar("T")
+
+
+# --- finding the config and the daemon ------------------------------------------------------------
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    if args.file:
+        return Path(args.file).resolve()
+    return config.find_config(Path.cwd())
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    return config.load(_config_path(args))
+
+
+def _socket(args: argparse.Namespace) -> Path:
+    """--socket, then $CORRAL_SOCKET, then the socket of the corral.toml found from here."""
+    if args.socket:
+        return Path(args.socket)
+    if os.environ.get("CORRAL_SOCKET"):
+        return Path(os.environ["CORRAL_SOCKET"])
+    return _plan(args).daemon.socket
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(_socket(args))
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
+
+
+# --- commands that run a daemon -------------------------------------------------------------------
+
+
+async def _serve(plan: Plan, *, printer: LogPrinter | None, watch: bool = False) -> int:
+    from .daemon import Daemon
+    from .reload import Reloader
+
+    daemon = Daemon(plan)
+    reloader = Reloader(daemon)
+    daemon.reload_hook = reloader.reload
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, daemon.shutdown_requested.set)
+    loop.add_signal_handler(signal.SIGHUP, reloader.reload_soon)
+    tasks: list[asyncio.Task[Any]] = []
+    if printer is not None:
+        tasks.append(asyncio.create_task(_print_logs(daemon, printer)))
+    if watch:
+        from .watch import watch_project
+
+        tasks.append(asyncio.create_task(watch_project(daemon, reloader)))
+    try:
+        await daemon.run()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return 0
+
+
+async def _print_logs(daemon: Any, printer: LogPrinter) -> None:
+    follower = daemon.logs.follow()
+    try:
+        async for record in follower:
+            printer.print(record.to_json())
+    finally:
+        follower.close()
+
+
+def _setup_logging(verbose: bool, *, foreground: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="corral: %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if foreground and not verbose:
+        # `up` prints instance output and Corral's own notes through the LogPrinter already;
+        # the daemon log would say everything twice. Warnings and errors still show.
+        logging.getLogger("supervisor").setLevel(logging.WARNING)
+        logging.getLogger("supervisor.child").propagate = False
+
+
+def _serve_blocking(plan: Plan, printer: LogPrinter | None, watch: bool) -> int:
+    import uvloop
+
+    return uvloop.run(_serve(plan, printer=printer, watch=watch))
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    """Run the daemon in the foreground, for systemd (logs go to stderr → the journal)."""
+    _setup_logging(args.verbose)
+    return _serve_blocking(_plan(args), None, args.watch)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    client = Client(plan.daemon.socket)
+    running = _run(client.alive())
+    if args.detach:
+        if not running:
+            _spawn_daemon(plan, args)
+        return _run(_report_when_settled(client, args.timeout))
+    if running:
+        print(
+            f"corral: a daemon is already running for {plan.path}; "
+            "see `corral ps`, `corral logs -f`, or stop it with `corral down`",
+            file=sys.stderr,
+        )
+        return 1
+    _setup_logging(args.verbose, foreground=True)
+    return _serve_blocking(plan, LogPrinter(), args.watch)
+
+
+def _spawn_daemon(plan: Plan, args: argparse.Namespace) -> None:
+    """Start `corral daemon` detached; return once its socket answers."""
+    plan.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = plan.daemon.state_dir / "daemon.log"
+    argv = [sys.executable, "-m", "supervisor", "daemon", "-f", str(plan.path)]
+    if args.watch:
+        argv.append("--watch")
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd=plan.path.parent,
+        )
+    client = Client(plan.daemon.socket)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            raise SupervisorError("the daemon exited at start-up:\n" + "\n".join(tail))
+        if _run(client.alive()):
+            return
+        time.sleep(0.05)
+    raise SupervisorError(f"the daemon did not open {plan.daemon.socket} within 30s")
+
+
+async def _report_when_settled(client: Client, timeout: float) -> int:
+    rows = await client.call("GET", "/v1/wait", params={"timeout": str(timeout)})
+    print(ps_table(rows))
+    bad = [r for r in rows if r["state"] == "failed"]
+    pending = [r for r in rows if not r["ready"] and r["state"] not in ("completed", "failed")]
+    if bad:
+        names = ", ".join(str(r["name"]) for r in bad)
+        print(f"corral: failed: {names} (see `corral logs {bad[0]['name']}`)", file=sys.stderr)
+        return 1
+    if pending:
+        names = ", ".join(str(r["name"]) for r in pending)
+        print(f"corral: not ready after {timeout:g}s: {names}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# --- client commands ---------------------------------------------------------------------------
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    rows = _run(_client(args).call("GET", "/v1/ps"))
+    if args.json:
+        _print_json(rows)
+    else:
+        print(ps_table(rows))
+    return 0
+
+
+def _operation(path: str) -> Command:
+    def command(args: argparse.Namespace) -> int:
+        body: dict[str, Any] = {"targets": args.targets}
+        if getattr(args, "all_at_once", False):
+            body["all_at_once"] = True
+        rows = _run(_client(args).call("POST", path, body))
+        if args.json:
+            _print_json(rows)
+        else:
+            print(ps_table(rows))
+        return 0
+
+    return command
+
+
+def _parse_counts(pairs: Sequence[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value.isdigit():
+            raise SupervisorError(f"bad scale argument {pair!r}: expected SERVICE=N, e.g. api=5")
+        counts[name] = int(value)
+    return counts
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    counts = _parse_counts(args.pairs)
+    rows = _run(_client(args).call("POST", "/v1/scale", {"counts": counts, "save": args.save}))
+    if args.json:
+        _print_json(rows)
+    else:
+        print(ps_table(rows))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    params: list[tuple[str, str]] = [
+        ("n", str(args.lines)),
+        ("follow", "1" if args.follow else "0"),
+    ]
+    params += [("target", t) for t in args.targets]
+    printer = LogPrinter()
+
+    async def go() -> int:
+        async for record in _client(args).stream("/v1/logs", params=params):
+            if args.json:
+                print(json.dumps(record), flush=True)
+            else:
+                printer.print(record)
+        return 0
+
+    return _run(go())
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    params = {"follow": "1" if args.follow else "0", "n": str(args.lines)}
+
+    async def go() -> int:
+        async for event in _client(args).stream("/v1/events", params=params):
+            if args.json:
+                print(json.dumps(event), flush=True)
+            else:
+                stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
+                what = event["instance"] or event["service"] or "daemon"
+                change = f"{event['old']} -> {event['new']}" if event["old"] else event["new"]
+                detail = f"  ({event['detail']})" if event["detail"] else ""
+                print(f"{stamp} {event['kind']:<7} {what:<14} {change}{detail}", flush=True)
+        return 0
+
+    return _run(go())
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    result = _run(_client(args).call("POST", "/v1/reload"))
+    if args.json:
+        _print_json(result)
+    else:
+        for line in result.get("changes", []) or ["no changes"]:
+            print(line)
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    client = _client(args)
+    reply = _run(client.call("POST", "/v1/shutdown"))
+    pid = int(reply["pid"])
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            print(f"corral: daemon {pid} stopped")
+            return 0
+        time.sleep(0.05)
+    print(f"corral: daemon {pid} still running after {args.timeout:g}s", file=sys.stderr)
+    return 1
+
+
+def _pid_alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    plan = _plan(args)
+    if args.json:
+        _print_json(config.plan_to_json(plan))
+    else:
+        print(config.render(plan))
+    return 0
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from config.model import Balance
+    from proxy.standalone import run_standalone
+
+    listen = [_address(a) for a in args.listen]
+    backends = [_address(a) for a in args.backend]
+    _setup_logging(args.verbose)
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_standalone(listen, backends, Balance(args.balance), shutdown=stop)
+        return 0
+
+    return uvloop.run(go())
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", text
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise SupervisorError(f"bad address {text!r}: expected HOST:PORT")
+    return (host.strip("[]") or "127.0.0.1", int(port))
+
+
+# --- argument parsing ------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    def options(short_file: bool) -> argparse.ArgumentParser:
+        common = argparse.ArgumentParser(add_help=False)
+        flags = ["-f", "--file"] if short_file else ["--file"]
+        common.add_argument(*flags, help="config file (default: corral.toml here or above)")
+        common.add_argument("--socket", help="control socket (default: from the config)")
+        common.add_argument("--json", action="store_true", help="machine-readable output")
+        common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        return common
+
+    p = argparse.ArgumentParser(prog="corral", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
+        # `logs -f` / `events -f` mean follow (as in tail/docker); there the file is --file.
+        parent = options(short_file=name not in ("logs", "events"))
+        sp = sub.add_parser(name, parents=[parent], help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    up = add("up", cmd_up, "run the stack (foreground, with logs; -d to detach)")
+    up.add_argument("-d", "--detach", action="store_true", help="run in the background")
+    up.add_argument("--watch", action="store_true", help="restart services when files change")
+    up.add_argument("--timeout", type=float, default=120.0, help="-d: wait this long for ready")
+    daemon = add("daemon", cmd_daemon, "run the daemon in the foreground (for systemd)")
+    daemon.add_argument("--watch", action="store_true", help="restart services when files change")
+    add("ps", cmd_ps, "list instances")
+    for name, helptext in (
+        ("start", "start stopped or failed instances"),
+        ("stop", "stop instances (they stay stopped)"),
+        ("restart", "restart instances (rolling by default)"),
+    ):
+        sp = add(name, _operation(f"/v1/{name}"), helptext)
+        sp.add_argument("targets", nargs="*", metavar="TARGET", help="service or service.N")
+        if name == "restart":
+            sp.add_argument("--all-at-once", action="store_true", help="not rolling")
+    scale = add("scale", cmd_scale, "change instance counts: corral scale api=5")
+    scale.add_argument("pairs", nargs="+", metavar="SERVICE=N")
+    scale.add_argument("--save", action="store_true", help="write the counts into corral.toml")
+    logs = add("logs", cmd_logs, "show logs")
+    logs.add_argument("targets", nargs="*", metavar="TARGET")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming")
+    logs.add_argument("-n", "--lines", type=int, default=100, help="lines of history")
+    events = add("events", cmd_events, "show state changes")
+    events.add_argument("-f", "--follow", action="store_true", help="keep streaming")
+    events.add_argument("-n", "--lines", type=int, default=50, help="events of history")
+    add("reload", cmd_reload, "re-read the config and apply the difference")
+    down = add("down", cmd_down, "stop everything and the daemon")
+    down.add_argument("--timeout", type=float, default=120.0)
+    add("check", cmd_check, "validate the config and print the resolved plan")
+    proxy = add("proxy", cmd_proxy, "run only the load balancer, with static backends")
+    proxy.add_argument("--listen", action="append", required=True, metavar="HOST:PORT")
+    proxy.add_argument("--backend", action="append", required=True, metavar="HOST:PORT")
+    proxy.add_argument("--balance", default="round_robin")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except config.ConfigError as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 2
+    except (SupervisorError, ControlError) as exc:
+        print(f"corral: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,235 @@
+"""The control API: HTTP/JSON on a Unix socket (dir 0700, socket 0600, peer uid checked)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .errors import SupervisorError, TargetError
+from .service import RollFailed
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+API = "/v1"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def peer_uid(request: web.Request) -> int | None:
+    """The uid of the process on the other end of the Unix socket (SO_PEERCRED)."""
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # File modes already keep other users out; the uid check is the second lock on the door,
+    # for sockets placed in shared directories or with modes loosened by hand.
+    uid = peer_uid(request)
+    if uid is None or (uid != os.getuid() and uid != 0):
+        return _error(403, f"uid {uid} may not control this daemon")
+    try:
+        return await handler(request)
+    except TargetError as exc:
+        return _error(404, str(exc))
+    except RollFailed as exc:
+        return _error(409, str(exc))
+    except SupervisorError as exc:
+        return _error(400, str(exc))
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        data = await request.json()
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=json.dumps({"error": f"invalid JSON: {exc}"})) from exc
+    if not isinstance(data, dict):
+        raise web.HTTPBadRequest(text=json.dumps({"error": "expected a JSON object"}))
+    return data
+
+
+def _targets(data: dict[str, Any]) -> list[str]:
+    targets = data.get("targets", [])
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise SupervisorError("'targets' must be a list of strings")
+    return targets
+
+
+class ControlServer:
+    """aiohttp embedded with AppRunner(handle_signals=False) on a UnixSite."""
+
+    def __init__(self, daemon: Daemon, path: Path) -> None:
+        self.daemon = daemon
+        self.path = path
+        self._runner: web.AppRunner | None = None
+        self._streams: set[asyncio.Task[Any]] = set()
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_guard])
+        r = app.router
+        r.add_get(f"{API}/status", self.status)
+        r.add_get(f"{API}/ps", self.ps)
+        r.add_post(f"{API}/start", self.start_targets)
+        r.add_post(f"{API}/stop", self.stop_targets)
+        r.add_post(f"{API}/restart", self.restart)
+        r.add_post(f"{API}/scale", self.scale)
+        r.add_post(f"{API}/services/{{name}}/scale", self.scale_one)
+        r.add_get(f"{API}/logs", self.logs)
+        r.add_get(f"{API}/events", self.events)
+        r.add_post(f"{API}/reload", self.reload)
+        r.add_post(f"{API}/shutdown", self.shutdown)
+        r.add_get(f"{API}/wait", self.wait)
+        r.add_get("/metrics", self.metrics)
+        return app
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.path.parent, 0o700)
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # we hold the project lock: any socket here is a dead daemon's
+        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
+        try:
+            await web.UnixSite(self._runner, str(self.path)).start()
+        finally:
+            os.umask(old_umask)
+        log.info("control socket %s", self.path)
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    # --- handlers --------------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.daemon.status())
+
+    async def ps(self, request: web.Request) -> web.Response:
+        return web.json_response(self.daemon.ps())
+
+    async def start_targets(self, request: web.Request) -> web.Response:
+        await self.daemon.start(_targets(await _body(request)))
+        return web.json_response(self.daemon.ps())
+
+    async def stop_targets(self, request: web.Request) -> web.Response:
+        await self.daemon.stop(_targets(await _body(request)))
+        return web.json_response(self.daemon.ps())
+
+    async def restart(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        await self.daemon.restart(_targets(data), rolling=not data.get("all_at_once", False))
+        return web.json_response(self.daemon.ps())
+
+    async def scale(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        counts = data.get("counts")
+        if not isinstance(counts, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()
+        ):
+            raise SupervisorError("'counts' must map service names to integers >= 0")
+        await self.daemon.scale({str(k): int(v) for k, v in counts.items()})
+        if data.get("save"):
+            await self.daemon.save_counts({str(k): int(v) for k, v in counts.items()})
+        return web.json_response(self.daemon.ps())
+
+    async def scale_one(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        count = data.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise SupervisorError("'count' must be an integer >= 0")
+        await self.daemon.scale({request.match_info["name"]: count})
+        return web.json_response(self.daemon.ps())
+
+    async def logs(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        targets = self._log_targets(q.getall("target", []))
+        n = int(q.get("n", "100"))
+        follow = q.get("follow", "0") in ("1", "true", "yes")
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for record in self.daemon.logs.tail(targets, n):
+            await response.write(_line(record.to_json()))
+        if follow:
+            follower = self.daemon.logs.follow(targets)
+            try:
+                async for record in follower:
+                    await response.write(_line(record.to_json()))
+            finally:
+                follower.close()
+        await response.write_eof()
+        return response
+
+    def _log_targets(self, raw: list[str]) -> list[tuple[str, int | None]] | None:
+        if not raw:
+            return None
+        out: list[tuple[str, int | None]] = []
+        for target in raw:
+            name, _, index = target.partition(".")
+            if name not in self.daemon.services:
+                raise TargetError(f"no service {name!r}")
+            if index and not index.isdigit():
+                raise TargetError(f"bad instance {target!r}: expected service or service.N")
+            out.append((name, int(index) if index else None))
+        return out
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        follow = request.query.get("follow", "0") in ("1", "true", "yes")
+        n = int(request.query.get("n", "50"))
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        for event in self.daemon.events.recent(n):
+            await response.write(_line(event.to_json()))
+        if follow:
+            async for event in self.daemon.events.follow():
+                await response.write(_line(event.to_json()))
+        await response.write_eof()
+        return response
+
+    async def reload(self, request: web.Request) -> web.Response:
+        if self.daemon.reload_hook is None:
+            raise SupervisorError("this daemon was started without a config file to reload")
+        return web.json_response(await self.daemon.reload_hook())
+
+    async def shutdown(self, request: web.Request) -> web.Response:
+        self.daemon.shutdown_requested.set()
+        return web.json_response({"stopping": True, "pid": os.getpid()})
+
+    async def wait(self, request: web.Request) -> web.Response:
+        timeout = float(request.query.get("timeout", "120"))
+        return web.json_response(await self.daemon.wait_settled(timeout))
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        from .metrics import render
+
+        text = render(self.daemon) + self.daemon.traffic.metrics()
+        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj) + "\n").encode()

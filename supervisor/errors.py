@@ -1,0 +1,30 @@
+"""Errors raised by the supervisor.
+
+SupervisorError
+  ├ SpawnError        child could not be exec'd (argv, cwd, permissions)
+  ├ TargetError       a CLI/API target names no service or instance
+  ├ AlreadyRunning    another daemon owns this project's state directory
+  └ ControlError      bad request on the control socket, or no daemon to talk to
+"""
+
+from __future__ import annotations
+
+
+class SupervisorError(Exception):
+    """Base class for supervisor errors."""
+
+
+class SpawnError(SupervisorError):
+    """A child process could not be started."""
+
+
+class TargetError(SupervisorError):
+    """A target (`service` or `service.N`) that matches nothing."""
+
+
+class AlreadyRunning(SupervisorError):
+    """Another daemon holds the lock on this state directory."""
+
+
+class ControlError(SupervisorError):
+    """The control API refused a request, or no daemon answered."""

@@ -1,0 +1,92 @@
+"""Terminal output: coloured `service.N | line` log prefixes and the `ps` table."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+_COLOURS = (36, 33, 32, 35, 34, 91, 92, 93, 94, 95, 96)
+
+
+def use_colour(stream: TextIO) -> bool:
+    """Colour only on a terminal, and never when NO_COLOR is set (https://no-color.org)."""
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    return stream.isatty()
+
+
+class LogPrinter:
+    """Prints log records with a stable colour per service and aligned prefixes."""
+
+    def __init__(self, stream: TextIO = sys.stdout, colour: bool | None = None) -> None:
+        self.stream = stream
+        self.colour = use_colour(stream) if colour is None else colour
+        self._colours: dict[str, int] = {}
+        self._width = 8
+
+    def prefix(self, service: str, index: int) -> str:
+        name = f"{service}.{index}" if index else service
+        self._width = max(self._width, len(name))
+        text = f"{name:<{self._width}} |"
+        if not self.colour:
+            return text
+        code = self._colours.setdefault(service, _COLOURS[len(self._colours) % len(_COLOURS)])
+        return f"\033[{code}m{text}\033[0m"
+
+    def print(self, record: Mapping[str, Any]) -> None:
+        line = record["line"]
+        if record.get("stream") == "corral":
+            line = f"[corral] {line}" if not self.colour else f"\033[2m[corral] {line}\033[0m"
+        self.stream.write(f"{self.prefix(record['service'], record['index'])} {line}\n")
+        self.stream.flush()
+
+
+def human_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return f"{n:.1f}G"
+
+
+def ps_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    header = ("NAME", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "CPU%", "MEM", "DETAIL")
+    table = [header]
+    for r in rows:
+        state = str(r["state"]) + (" (old)" if r.get("retiring") else "")
+        if r.get("phase") == "rolling" and not r.get("retiring"):
+            state += " (rolling)"
+        table.append(
+            (
+                str(r["name"]),
+                state,
+                "-" if r["pid"] is None else str(r["pid"]),
+                "-" if r["port"] is None else str(r["port"]),
+                str(r["restarts"]),
+                human_duration(float(r["uptime_s"])) if r["pid"] else "-",
+                f"{float(r.get('cpu_percent', 0.0)):.1f}" if r["pid"] else "-",
+                human_bytes(float(r.get("rss_bytes", 0))) if r["pid"] else "-",
+                str(r.get("detail") or "")[:60],
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    lines = []
+    for row in table:
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    return "\n".join(lines)

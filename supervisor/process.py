@@ -1,0 +1,181 @@
+"""Start a child in its own session and stop its whole process tree."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import psutil
+
+from .errors import SpawnError
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+# Loaded in the parent: the child runs between fork and exec, where loading a library could deadlock.
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# What a child may inherit from the daemon's environment; everything else comes from the config.
+ENV_ALLOW = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+    "REQUESTS_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+)
+
+
+def base_environ(source: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The allow-listed part of the daemon's environment (plus every LC_* locale variable)."""
+    source = os.environ if source is None else source
+    env = {k: v for k, v in source.items() if k in ENV_ALLOW or k.startswith("LC_")}
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def _make_preexec(parent: int) -> object:
+    def preexec() -> None:
+        # If the daemon dies (even SIGKILL/OOM) the kernel sends SIGTERM to the instance, so it
+        # never runs on unsupervised; its own children are cleaned by the next daemon (token scan).
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the daemon died between fork and prctl
+            os._exit(1)
+
+    return preexec
+
+
+async def spawn(
+    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+) -> asyncio.subprocess.Process:
+    """Start argv in a new session (its own process group), stdout/stderr piped to us."""
+    try:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_make_preexec(os.getpid()),  # type: ignore[arg-type]
+        )
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from exc
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """Every live descendant of pid (snapshot), for killing grandchildren that left the group."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _kill_all(procs: Iterable[psutil.Process]) -> None:
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+
+
+async def stop_tree(
+    proc: asyncio.subprocess.Process, sig: int, timeout: float, *, name: str = ""
+) -> int:
+    """Send sig to the process group, wait up to timeout, then SIGKILL the whole tree; reap it."""
+    pid = proc.pid
+    tree = descendants(pid)
+    if proc.returncode is None:
+        _signal_group(pid, sig)
+        try:
+            async with asyncio.timeout(timeout):
+                await proc.wait()
+        except TimeoutError:
+            log.warning(
+                "%s (pid=%d) ignored %s for %.1fs; sending SIGKILL",
+                name,
+                pid,
+                signal.Signals(sig).name,
+                timeout,
+            )
+    reap_group(pid, tree)
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    return await asyncio.shield(proc.wait())
+
+
+def reap_group(pgid: int, extra: Iterable[psutil.Process] = ()) -> None:
+    """SIGKILL what is left of a process group and of a known set of descendants.
+
+    Safe after the leader exited: Linux does not hand out a pid that is still some group's id.
+    """
+    _signal_group(pgid, signal.SIGKILL)
+    _kill_all(extra)
+
+
+def kill_stale(token: str, pids: Mapping[int, float], grace: float = 3.0) -> int:
+    """Stop processes left by a dead daemon: those carrying its token, and recorded (pid, start time).
+
+    A pid whose start time differs was recycled by the OS and is not touched.
+    """
+    victims: dict[int, psutil.Process] = {}
+    for pid, started in pids.items():
+        with contextlib.suppress(psutil.Error):
+            p = psutil.Process(pid)
+            if abs(p.create_time() - started) < 0.01:
+                victims[pid] = p
+    for p in psutil.process_iter():
+        if p.pid in victims or p.pid == os.getpid():
+            continue
+        with contextlib.suppress(psutil.Error):
+            if p.environ().get("CORRAL_TOKEN") == token:
+                victims[p.pid] = p
+    if not victims:
+        return 0
+    procs = list(victims.values())
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    _kill_all(alive)
+    psutil.wait_procs(alive, timeout=grace)
+    log.warning("stopped %d process(es) left by a previous daemon", len(procs))
+    return len(procs)
+
+
+def process_stats(pid: int, cache: dict[int, psutil.Process]) -> tuple[float, int]:
+    """(cpu_percent since the last call, rss bytes) of one process; psutil objects are cached."""
+    proc = cache.get(pid)
+    try:
+        if proc is None:
+            proc = cache[pid] = psutil.Process(pid)
+        with proc.oneshot():
+            return proc.cpu_percent(None), proc.memory_info().rss
+    except psutil.Error:
+        cache.pop(pid, None)
+        return 0.0, 0

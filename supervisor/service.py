@@ -1,0 +1,318 @@
+"""A service: its venv, its desired instance count, scaling and restarts (in place or rolling)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from config.model import DependCondition, ServiceSpec
+
+from .errors import SupervisorError
+from .instance import FINAL, UP, Instance, InstanceHooks, State
+from .logs import LogHub
+from .ports import PortAllocator, PortInUse
+from .process import base_environ
+from .venv import VenvBuilder, VenvError
+
+log = logging.getLogger(__name__)
+
+
+class DependencyFailed(SupervisorError):
+    """A dependency ended in a state that can never satisfy its condition."""
+
+
+class RollFailed(SupervisorError):
+    """A replacement never became ready; the roll stopped with the old instances serving."""
+
+
+@dataclass(slots=True)
+class ServiceContext:
+    """What every service shares, owned by the daemon."""
+
+    logs: LogHub
+    ports: PortAllocator
+    venvs: VenvBuilder
+    hooks: InstanceHooks
+    token: str
+
+
+class Service:
+    """Desired state of one `[services.NAME]` and the instances that realise it."""
+
+    def __init__(self, spec: ServiceSpec, ctx: ServiceContext, desired: int | None = None) -> None:
+        self.spec = spec
+        self.ctx = ctx
+        self.desired = spec.instances if desired is None else desired
+        self.instances: dict[int, Instance] = {}
+        self.retiring: list[Instance] = []  # old incarnations draining during a roll
+        self.venv: Path | None = None
+        self.error: str | None = None  # why the service cannot run (venv build, dependency)
+        self.phase = (
+            "pending"  # pending | waiting | building | running | rolling | failed | stopped
+        )
+        self._generation = 0
+        self._lock = asyncio.Lock()  # one structural operation at a time
+        self._changed = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # --- start-up --------------------------------------------------------------------------------
+
+    async def prepare(self) -> bool:
+        """Build (or reuse) the venv. False, with `error` set, if this service cannot run."""
+        if not self.spec.venv:
+            return True
+        self.phase = "building"
+        sink = self.ctx.logs.sink(self.name, 0)
+        try:
+            self.venv = await self.ctx.venvs.ensure(
+                self.spec, lambda line: sink.write("corral", line)
+            )
+        except VenvError as exc:
+            self.fail(f"virtualenv build failed: {exc}")
+            return False
+        return True
+
+    async def start(self) -> None:
+        """Spawn instances up to the desired count (the venv must be prepared)."""
+        async with self._lock:
+            self.phase = "running"
+            for index in range(1, self.desired + 1):
+                inst = self.instances.get(index)
+                if inst is None:
+                    self._spawn(index)
+                elif not inst.alive:
+                    inst.start()
+
+    def fail(self, reason: str) -> None:
+        self.error = reason
+        self.phase = "failed"
+        log.error("%s: %s", self.name, reason)
+        self.ctx.logs.sink(self.name, 0).write("corral", reason)
+        self._changed.set()
+
+    def environ(self) -> dict[str, str]:
+        env = base_environ()
+        env["PYTHONUNBUFFERED"] = "1"  # logs should arrive line by line, not in 8 KiB blocks
+        env.update(self.spec.env)
+        if self.venv is not None:
+            env["VIRTUAL_ENV"] = str(self.venv)
+            env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '')}"
+        env["CORRAL_TOKEN"] = self.ctx.token
+        return env
+
+    def _spawn(self, index: int, *, fresh_port: bool = False) -> Instance:
+        self._generation += 1
+        owner = f"{self.name}.{index}#{self._generation}"
+        port: int | None = None
+        error = ""
+        if self.spec.has_port:
+            preferred = self.spec.port + index - 1 if self.spec.port is not None else None
+            try:
+                if fresh_port:
+                    taken = {i.port for i in self.instances.values() if i.port is not None}
+                    port = self.ctx.ports.fresh(owner, avoid=taken)
+                else:
+                    port = self.ctx.ports.assign(owner, preferred, self.spec.auto_port)
+            except PortInUse as exc:
+                error = str(exc)
+        inst = Instance(
+            self.spec,
+            index,
+            port,
+            env=self.environ(),
+            sink=self.ctx.logs.sink(self.name, index),
+            hooks=self.ctx.hooks,
+            generation=self._generation,
+        )
+        inst.port_owner = owner
+        if error:
+            inst.fail_now(error)
+        else:
+            inst.start()
+        if not fresh_port:
+            self.instances[index] = inst
+        return inst
+
+    # --- dependencies ----------------------------------------------------------------------------
+
+    def satisfies(self, condition: DependCondition) -> bool | None:
+        """True if met, False if it can never be met (without an order), None if not yet."""
+        if self.phase == "failed":
+            return False
+        insts = list(self.instances.values())
+        if condition is DependCondition.STARTED:
+            return True if insts or self.desired == 0 else None
+        if not insts:
+            return True if self.desired == 0 and self.phase == "running" else None
+        if condition is DependCondition.COMPLETED:
+            if all(i.state is State.COMPLETED for i in insts):
+                return True
+            if any(i.state in FINAL and i.state is not State.COMPLETED for i in insts):
+                return False
+            return None
+        if all(i.state in UP for i in insts):
+            return True
+        if any(i.state is State.FAILED for i in insts):
+            return False
+        return None
+
+    def notify(self) -> None:
+        """Wake waiters on this service's condition (called on every instance state change)."""
+        self._changed.set()
+
+    async def wait_for(self, condition: DependCondition) -> None:
+        while True:
+            met = self.satisfies(condition)
+            if met:
+                return
+            if met is False:
+                raise DependencyFailed(
+                    f"dependency {self.name!r} failed ({self.error or 'see ps'})"
+                )
+            self._changed.clear()
+            await self._changed.wait()
+
+    # --- operations ----------------------------------------------------------------------------
+
+    def select(self, index: int | None) -> list[Instance]:
+        if index is None:
+            return [self.instances[i] for i in sorted(self.instances)]
+        inst = self.instances.get(index)
+        return [] if inst is None else [inst]
+
+    async def scale(self, count: int) -> None:
+        """Change the instance count; scaling down drains the highest indexes first."""
+        async with self._lock:
+            self.desired = count
+            if self.phase in ("failed", "pending", "waiting", "building"):
+                return
+            for index in range(1, count + 1):
+                if index not in self.instances:
+                    self._spawn(index)
+            extra = [self.instances.pop(i) for i in sorted(self.instances) if i > count]
+            await self._stop_instances(extra)
+
+    async def stop(self, indexes: Iterable[int] | None = None) -> None:
+        """Stop instances (all by default) and keep them stopped until started again."""
+        async with self._lock:
+            targets = self._pick(indexes)
+            await asyncio.gather(*(inst.stop() for inst in targets))
+
+    async def start_instances(self, indexes: Iterable[int] | None = None) -> None:
+        """(Re)start stopped or failed instances, in place."""
+        async with self._lock:
+            if self.phase == "failed" and self.error and self.spec.venv:
+                self.error = None
+                if not await self.prepare():
+                    return
+            self.phase = "running"
+            if indexes is None:
+                for index in range(1, self.desired + 1):
+                    if index not in self.instances:
+                        self._spawn(index)
+            for inst in self._pick(indexes):
+                if not inst.alive:
+                    if inst.port is None and self.spec.has_port:
+                        self.instances.pop(inst.index)
+                        self._spawn(inst.index)
+                    else:
+                        inst.start()
+
+    async def restart(self, indexes: Iterable[int] | None = None, *, rolling: bool = True) -> None:
+        """Restart instances: rolling (replacement first, then drain the old) or all at once."""
+        async with self._lock:
+            targets = self._pick(indexes)
+            if not rolling or not self.spec.has_port:
+                await asyncio.gather(*(inst.stop() for inst in targets))
+                for inst in targets:
+                    inst.start()
+                return
+            await self._roll(targets)
+
+    async def _roll(self, targets: list[Instance]) -> None:
+        self.phase = "rolling"
+        try:
+            surge = max(1, self.spec.max_surge)
+            for start in range(0, len(targets), surge):
+                batch = targets[start : start + surge]
+                fresh = [self._spawn(old.index, fresh_port=True) for old in batch]
+                states = await asyncio.gather(*(self._await_ready(new) for new in fresh))
+                if any(state is not State.READY for state in states):
+                    await self._stop_instances(fresh)
+                    bad = [n for n, s in zip(fresh, states, strict=True) if s is not State.READY]
+                    raise RollFailed(
+                        f"{bad[0].name}: replacement never became ready "
+                        f"({bad[0].state.value}: {bad[0].detail or 'no detail'}); "
+                        "roll stopped, old instances still serving"
+                    )
+                for old, new in zip(batch, fresh, strict=True):
+                    self.instances[old.index] = new
+                self.retiring.extend(batch)
+                await self._stop_instances(batch)
+                for old in batch:
+                    self.retiring.remove(old)
+        finally:
+            self.phase = "running"
+
+    async def _await_ready(self, inst: Instance) -> State:
+        spec = self.spec.health
+        # As long as start-up may take before it counts as a failure, plus a little slack.
+        budget = 30.0 if spec is None else spec.start_period + spec.retries * spec.interval + 5.0
+        try:
+            return await inst.wait_for(frozenset({State.READY, State.UNHEALTHY}), budget)
+        except TimeoutError:
+            return inst.state
+
+    async def _stop_instances(self, insts: list[Instance]) -> None:
+        await asyncio.gather(*(inst.stop() for inst in insts))
+        for inst in insts:
+            self.ctx.ports.release(inst.port_owner)
+
+    async def shutdown(self) -> None:
+        """Stop everything this service runs (daemon exit or service removed)."""
+        async with self._lock:
+            self.phase = "stopped"
+            await self._stop_instances([*self.instances.values(), *self.retiring])
+
+    def _pick(self, indexes: Iterable[int] | None) -> list[Instance]:
+        if indexes is None:
+            return [self.instances[i] for i in sorted(self.instances)]
+        return [self.instances[i] for i in indexes if i in self.instances]
+
+    def describe(self) -> list[dict[str, object]]:
+        rows = []
+        for inst in [*(self.instances[i] for i in sorted(self.instances)), *self.retiring]:
+            row = inst.describe()
+            row["retiring"] = inst in self.retiring
+            row["phase"] = self.phase
+            rows.append(row)
+        if not rows:
+            # Not spawned yet (waiting on dependencies, building the venv) or never will be
+            # (venv build failed): still one row per desired instance, so ps shows why.
+            state = "failed" if self.phase == "failed" else "starting"
+            rows = [
+                {
+                    "service": self.name,
+                    "index": index,
+                    "name": f"{self.name}.{index}",
+                    "pid": None,
+                    "port": None,
+                    "state": state,
+                    "ready": False,
+                    "detail": self.error or self.phase,
+                    "restarts": 0,
+                    "uptime_s": 0.0,
+                    "last_exit": None,
+                    "generation": 0,
+                    "retiring": False,
+                    "phase": self.phase,
+                }
+                for index in range(1, self.desired + 1)
+            ]
+        return rows

@@ -1,0 +1,95 @@
+"""Feeds instance readiness into the proxy's pools: the one place supervisor meets proxy.
+
+The proxy knows nothing about processes; it is told "backend ready / draining / gone" here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from config.model import Plan, ProxySpec, ServiceSpec
+from proxy.pool import Pool
+from proxy.router import Router
+
+from .instance import HOST, Instance, State
+
+if TYPE_CHECKING:
+    from proxy.server import ProxyServer
+
+log = logging.getLogger(__name__)
+
+# Once an instance has left these states it gets no new traffic until it is ready again.
+_GONE = frozenset({State.CRASHED, State.BACKOFF, State.FAILED, State.STOPPED, State.COMPLETED})
+
+
+class Traffic:
+    """Owns the router, one pool per routed service, and the proxy server."""
+
+    def __init__(self) -> None:
+        self.router = Router()
+        self.pools: dict[str, Pool] = {}
+        self._routed: dict[str, ServiceSpec] = {}
+        self.server: ProxyServer | None = None
+        self.addresses: list[tuple[str, int]] = []
+        self._members: set[str] = set()  # pool keys currently added
+
+    def configure(self, plan: Plan) -> None:
+        """Create/reuse pools for routed services and swap routes atomically (reload-safe)."""
+        routed = {s.name: s for s in plan.services.values() if s.route is not None and s.has_port}
+        for name, spec in routed.items():
+            pool = self.pools.get(name)
+            if pool is None:
+                self.pools[name] = Pool(name, spec.balance, spec.hash_key)
+            else:
+                pool.reconfigure(spec.balance, spec.hash_key)
+        for name in set(self.pools) - set(routed):
+            del self.pools[name]
+        self._routed = routed
+        routes = [(spec.route, self.pools[name]) for name, spec in routed.items() if spec.route]
+        self.router.set_routes(routes)
+        if self.server is not None and plan.proxy is not None:
+            self.server.update_spec(plan.proxy)
+
+    async def start(self, spec: ProxySpec) -> list[tuple[str, int]]:
+        from proxy.server import ProxyServer
+
+        self.server = ProxyServer(spec, self.router)
+        self.addresses = await self.server.start()
+        log.info("proxy listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+        return self.addresses
+
+    async def stop(self, grace: float) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
+            self.server = None
+
+    def state_changed(self, inst: Instance, old: State, new: State) -> None:
+        pool = self.pools.get(inst.spec.name)
+        if pool is None or inst.port is None:
+            return
+        if new is State.READY:
+            if inst.key not in self._members:
+                pool.add(inst.key, HOST, inst.port, inst.spec.weight(inst.index - 1))
+                self._members.add(inst.key)
+            pool.set_ready(inst.key, True)
+        elif new is State.UNHEALTHY and inst.key in self._members:
+            pool.set_ready(inst.key, False)
+        elif new in _GONE and inst.key in self._members:
+            pool.remove(inst.key)
+            self._members.discard(inst.key)
+
+    async def drain(self, inst: Instance) -> None:
+        pool = self.pools.get(inst.spec.name)
+        if pool is not None and inst.key in self._members:
+            await pool.drain(inst.key, inst.spec.drain_timeout)
+            self._members.discard(inst.key)
+
+    def metrics(self) -> str:
+        return self.server.metrics() if self.server is not None else ""
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "listen": [f"{h}:{p}" for h, p in self.addresses],
+            "pools": {name: pool.snapshot() for name, pool in self.pools.items()},
+        }

@@ -1,0 +1,136 @@
+"""Shared fixtures: a real daemon on a temp dir, polling helpers, leftover-process checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+import config
+from supervisor.daemon import Daemon
+
+APPS = Path(__file__).parent / "apps"
+PY = sys.executable
+
+
+def web_command() -> str:
+    return f'command = ["{PY}", "{APPS / "web.py"}"]'
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = ""
+) -> None:
+    """Poll predicate until true; fail the test with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.02)
+
+
+async def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
+    """One HTTP/1.0 GET on 127.0.0.1:port; (status, body)."""
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
+            raw = await reader.read()
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def get_json(port: int, path: str = "/") -> dict[str, object]:
+    status, body = await http_get(port, path)
+    assert status == 200, (status, body)
+    data = json.loads(body)
+    assert isinstance(data, dict)
+    return data
+
+
+def token_processes(token: str) -> list[psutil.Process]:
+    """Live processes started by the daemon with this token (they carry it in their env)."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if (
+                proc.status() != psutil.STATUS_ZOMBIE
+                and proc.environ().get("CORRAL_TOKEN") == token
+            ):
+                found.append(proc)
+    return found
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "corral.toml"
+    path.write_text(text)
+    return path
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(path: Path) -> AsyncIterator[Daemon]:
+    """Run a daemon for `path` in this loop; on exit stop it and assert nothing is left."""
+    daemon = Daemon(config.load(path))
+    started = asyncio.Event()
+    task = asyncio.create_task(daemon.run(ready=started.set))
+    done, _ = await asyncio.wait(
+        {task, asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED
+    )
+    if task in done:
+        task.result()  # raises the start-up error
+    try:
+        yield daemon
+    finally:
+        daemon.shutdown_requested.set()
+        async with asyncio.timeout(60):
+            await task
+        leftovers = token_processes(daemon.token)
+        assert not leftovers, f"processes left behind: {leftovers}"
+
+
+def state_of(daemon: Daemon, name: str) -> str:
+    for row in daemon.ps():
+        if row["name"] == name and not row.get("retiring"):
+            return str(row["state"])
+    return "absent"
+
+
+def rows_of(daemon: Daemon, service: str) -> list[dict[str, object]]:
+    return [r for r in daemon.ps() if r["service"] == service and not r.get("retiring")]
+
+
+def all_ready(daemon: Daemon, service: str, count: int) -> bool:
+    rows = rows_of(daemon, service)
+    return len(rows) == count and all(r["state"] == "ready" for r in rows)
+
+
+@pytest.fixture
+def tmp_path(tmp_path: Path) -> Path:
+    # AF_UNIX paths are limited to 108 bytes; pytest's temp dirs can be long.
+    return tmp_path
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+os.environ.setdefault("NO_COLOR", "1")

@@ -1,0 +1,60 @@
+"""Restart decisions are pure: policy, backoff growth and crash-loop detection, with a fake clock."""
+
+from __future__ import annotations
+
+from config.model import RestartPolicy
+from supervisor.backoff import CrashHistory, Decision, Verdict, decide, describe_exit
+
+
+def _decide(code: int | None, history: CrashHistory, now: float, **kw: object) -> Decision:
+    args: dict[str, object] = {
+        "policy": RestartPolicy.ALWAYS,
+        "oneshot": False,
+        "backoff_initial": 0.1,
+        "backoff_max": 1.0,
+    }
+    args.update(kw)
+    return decide(code=code, history=history, now=now, **args)  # type: ignore[arg-type]
+
+
+def test_backoff_doubles_and_caps() -> None:
+    history = CrashHistory(limit=100, window=60)
+    delays = [_decide(1, history, now=float(i)).delay for i in range(6)]
+    assert delays == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+def test_crash_loop_fails_at_the_limit_inside_the_window() -> None:
+    history = CrashHistory(limit=5, window=60)
+    verdicts = [_decide(1, history, now=float(i)).verdict for i in range(5)]
+    assert verdicts == [Verdict.RESTART] * 4 + [Verdict.FAILED]
+
+
+def test_crashes_outside_the_window_are_forgotten() -> None:
+    history = CrashHistory(limit=3, window=10)
+    for t in (0.0, 20.0, 40.0, 60.0, 80.0):
+        assert _decide(1, history, now=t).verdict is Verdict.RESTART
+
+
+def test_policies() -> None:
+    h = CrashHistory(limit=5, window=60)
+    assert _decide(0, h, 0, policy=RestartPolicy.ON_FAILURE).verdict is Verdict.STOPPED
+    assert _decide(2, h, 0, policy=RestartPolicy.ON_FAILURE).verdict is Verdict.RESTART
+    assert _decide(2, h, 0, policy=RestartPolicy.NO).verdict is Verdict.FAILED
+    assert _decide(0, h, 0, policy=RestartPolicy.NO).verdict is Verdict.STOPPED
+    # A clean exit under "always" restarts at once and is not a crash.
+    clean = _decide(0, h, 0)
+    assert clean.verdict is Verdict.RESTART and clean.delay == 0.0
+
+
+def test_oneshot_outcomes() -> None:
+    h = CrashHistory(limit=5, window=60)
+    done = _decide(0, h, 0, oneshot=True, policy=RestartPolicy.NO)
+    assert done.verdict is Verdict.COMPLETED
+    failed = _decide(1, h, 0, oneshot=True, policy=RestartPolicy.NO)
+    assert failed.verdict is Verdict.FAILED and failed.reason == "exit 1"
+
+
+def test_exit_descriptions() -> None:
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(3) == "exit 3"
+    assert describe_exit(None) == "could not start"

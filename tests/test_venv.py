@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from config.model import ServiceSpec
-from supervisor.venv import MARKER, VenvBuilder, VenvError, pip_settings, uv_config_from_pip
+from supervisor.pipconfig import pip_settings, uv_config_from_pip
+from supervisor.venv import MARKER, VenvBuilder, VenvError
 
 PYTHON = os.path.realpath(sys.executable)
 

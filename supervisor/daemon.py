@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -107,8 +106,8 @@ class Daemon:
         # Catch-all: a process that escaped its group (double fork + setsid) still carries our
         # token in its environment; nothing we started outlives the daemon.
         await asyncio.to_thread(kill_stale, self.token, {}, 2.0)
-        with contextlib.suppress(OSError):
-            self.state.state_file.unlink()
+        # Nothing runs any more; the runtime scale counts stay for the next daemon.
+        self._save()
         self.events.emit(Event("daemon", new="stopped"))
 
     def bring_up(self, service: Service) -> None:
@@ -179,7 +178,7 @@ class Daemon:
         pids = {
             inst.key: inst.pid
             for service in self.services.values()
-            for inst in [*service.instances.values(), *service.retiring]
+            for inst in [*service.instances.values(), *service.incoming, *service.retiring]
             if inst.pid is not None
         }
         scaled = {
@@ -198,7 +197,7 @@ class Daemon:
         return [
             inst
             for service in self.services.values()
-            for inst in [*service.instances.values(), *service.retiring]
+            for inst in [*service.instances.values(), *service.incoming, *service.retiring]
         ]
 
     def ps(self) -> list[dict[str, object]]:

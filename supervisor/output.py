@@ -68,8 +68,12 @@ def ps_table(rows: Sequence[Mapping[str, Any]]) -> str:
     header = ("NAME", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "CPU%", "MEM", "DETAIL")
     table = [header]
     for r in rows:
-        state = str(r["state"]) + (" (old)" if r.get("retiring") else "")
-        if r.get("phase") == "rolling" and not r.get("retiring"):
+        state = str(r["state"])
+        if r.get("retiring"):
+            state += " (old, draining)"
+        elif r.get("incoming"):
+            state += " (new)"
+        elif r.get("phase") == "rolling":
             state += " (rolling)"
         table.append(
             (

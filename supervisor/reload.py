@@ -171,18 +171,29 @@ class Reloader:
                 work.append(daemon.services[name].scale(count))
         for name in changes.removed:
             work.append(self._remove(name))
-        await asyncio.gather(*work)
+        results = await asyncio.gather(*work, return_exceptions=True)
         daemon.services = dict(
             sorted(daemon.services.items(), key=lambda kv: order.get(kv[0], len(order)))
         )
         if new.proxy is not None and old.proxy is not None:
             daemon.traffic.configure(daemon.plan)
+        errors = [str(r) for r in results if isinstance(r, BaseException)]
+        for r in results:
+            if isinstance(r, BaseException) and not isinstance(r, SupervisorError):
+                log.error("reload step failed", exc_info=r)
+        if errors:
+            raise SupervisorError("reload applied with errors: " + "; ".join(errors))
 
     async def _roll(self, service: Service, spec: ServiceSpec) -> None:
         service.spec = spec
         service.desired = spec.instances
-        if not await service.prepare():
+        if not any(inst.alive for inst in service.instances.values()):
+            # Nothing is serving (failed, or still waiting): start afresh with the new settings.
+            await service.reset()
+            self.daemon.bring_up(service)
             return
+        if not await service.prepare():
+            raise SupervisorError(f"{service.name}: {service.error}")
         await service.restart(rolling=True)
         await service.scale(spec.instances)
 

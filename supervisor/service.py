@@ -48,6 +48,7 @@ class Service:
         self.desired = spec.instances if desired is None else desired
         self.instances: dict[int, Instance] = {}
         self.retiring: list[Instance] = []  # old incarnations draining during a roll
+        self.incoming: list[Instance] = []  # replacements starting during a roll
         self.venv: Path | None = None
         self.error: str | None = None  # why the service cannot run (venv build, dependency)
         self.phase = (
@@ -74,8 +75,19 @@ class Service:
                 self.spec, lambda line: sink.write("corral", line)
             )
         except VenvError as exc:
-            self.fail(f"virtualenv build failed: {exc}")
+            reason = f"virtualenv build failed: {exc}"
+            if any(inst.alive for inst in self.instances.values()):
+                # A rebuild (watch, reload) failed: the running instances keep their old venv
+                # and keep serving; the error is reported, nothing is stopped.
+                self.error = reason
+                self.phase = "running"
+                self.ctx.logs.sink(self.name, 0).write("corral", reason + " (still serving)")
+            else:
+                self.fail(reason)
             return False
+        self.error = None
+        if self.phase == "building":
+            self.phase = "pending"
         return True
 
     async def start(self) -> None:
@@ -228,7 +240,7 @@ class Service:
         """Restart instances: rolling (replacement first, then drain the old) or all at once."""
         async with self._lock:
             targets = self._pick(indexes)
-            if not rolling or not self.spec.has_port:
+            if not rolling or self.spec.oneshot:
                 await asyncio.gather(*(inst.stop() for inst in targets))
                 for inst in targets:
                     inst.start()
@@ -242,10 +254,13 @@ class Service:
             for start in range(0, len(targets), surge):
                 batch = targets[start : start + surge]
                 fresh = [self._spawn(old.index, fresh_port=True) for old in batch]
+                self.incoming.extend(fresh)
                 states = await asyncio.gather(*(self._await_ready(new) for new in fresh))
-                if any(state is not State.READY for state in states):
+                for new in fresh:
+                    self.incoming.remove(new)
+                if any(state not in UP for state in states):
                     await self._stop_instances(fresh)
-                    bad = [n for n, s in zip(fresh, states, strict=True) if s is not State.READY]
+                    bad = [n for n, s in zip(fresh, states, strict=True) if s not in UP]
                     raise RollFailed(
                         f"{bad[0].name}: replacement never became ready "
                         f"({bad[0].state.value}: {bad[0].detail or 'no detail'}); "
@@ -265,7 +280,7 @@ class Service:
         # As long as start-up may take before it counts as a failure, plus a little slack.
         budget = 30.0 if spec is None else spec.start_period + spec.retries * spec.interval + 5.0
         try:
-            return await inst.wait_for(frozenset({State.READY, State.UNHEALTHY}), budget)
+            return await inst.wait_for(UP | {State.UNHEALTHY}, budget)
         except TimeoutError:
             return inst.state
 
@@ -278,7 +293,17 @@ class Service:
         """Stop everything this service runs (daemon exit or service removed)."""
         async with self._lock:
             self.phase = "stopped"
-            await self._stop_instances([*self.instances.values(), *self.retiring])
+            await self._stop_instances([*self.instances.values(), *self.incoming, *self.retiring])
+
+    async def reset(self) -> None:
+        """Forget instances that are not running (a reload gives a failed service a fresh start)."""
+        async with self._lock:
+            dead = [i for i in self.instances.values() if not i.alive]
+            await self._stop_instances(dead)
+            for inst in dead:
+                self.instances.pop(inst.index, None)
+            self.error = None
+            self.phase = "pending"
 
     def _pick(self, indexes: Iterable[int] | None) -> list[Instance]:
         if indexes is None:
@@ -287,9 +312,11 @@ class Service:
 
     def describe(self) -> list[dict[str, object]]:
         rows = []
-        for inst in [*(self.instances[i] for i in sorted(self.instances)), *self.retiring]:
+        current = [self.instances[i] for i in sorted(self.instances)]
+        for inst in [*current, *self.incoming, *self.retiring]:
             row = inst.describe()
             row["retiring"] = inst in self.retiring
+            row["incoming"] = inst in self.incoming
             row["phase"] = self.phase
             rows.append(row)
         if not rows:

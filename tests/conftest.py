@@ -106,13 +106,17 @@ async def running_daemon(path: Path) -> AsyncIterator[Daemon]:
 
 def state_of(daemon: Daemon, name: str) -> str:
     for row in daemon.ps():
-        if row["name"] == name and not row.get("retiring"):
+        if row["name"] == name and not row.get("retiring") and not row.get("incoming"):
             return str(row["state"])
     return "absent"
 
 
 def rows_of(daemon: Daemon, service: str) -> list[dict[str, object]]:
-    return [r for r in daemon.ps() if r["service"] == service and not r.get("retiring")]
+    return [
+        r
+        for r in daemon.ps()
+        if r["service"] == service and not r.get("retiring") and not r.get("incoming")
+    ]
 
 
 def all_ready(daemon: Daemon, service: str, count: int) -> bool:

@@ -154,6 +154,7 @@ def _spawn_daemon(plan: Plan, args: argparse.Namespace) -> None:
     if args.watch:
         argv.append("--watch")
     with open(log_path, "ab") as out:
+        offset = out.tell()  # show only this start's output if it fails
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -166,8 +167,12 @@ def _spawn_daemon(plan: Plan, args: argparse.Namespace) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log_path.read_text(errors="replace").splitlines()[-15:]
-            raise SupervisorError("the daemon exited at start-up:\n" + "\n".join(tail))
+            with open(log_path, "rb") as f:
+                f.seek(offset)
+                tail = f.read().decode(errors="replace").strip().splitlines()[-15:]
+            raise SupervisorError(
+                f"the daemon exited at start-up ({log_path}):\n" + "\n".join(tail)
+            )
         if _run(client.alive()):
             return
         time.sleep(0.05)
@@ -267,8 +272,11 @@ def cmd_events(args: argparse.Namespace) -> int:
                 stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
                 what = event["instance"] or event["service"] or "daemon"
                 change = f"{event['old']} -> {event['new']}" if event["old"] else event["new"]
-                detail = f"  ({event['detail']})" if event["detail"] else ""
-                print(f"{stamp} {event['kind']:<7} {what:<14} {change}{detail}", flush=True)
+                notes = [f"pid {event['pid']}"] if event.get("pid") else []
+                notes += [f"port {event['port']}"] if event.get("port") else []
+                notes += [event["detail"]] if event["detail"] else []
+                detail = f"  ({', '.join(notes)})" if notes else ""
+                print(f"{stamp} {event['kind']:<7} {what:<10} {change}{detail}", flush=True)
         return 0
 
     return _run(go())

@@ -76,10 +76,12 @@ class Daemon:
                     desired = scaled[name][0]  # a runtime scale outlives restarts of the daemon
                 self.services[name] = Service(spec, self.ctx, desired)
             self._save()
-            await control.open()
+            # The proxy binds first: if its port is taken the daemon exits before it answers
+            # on the control socket, so `up -d` reports the error instead of a half-started stack.
             if self.plan.proxy is not None:
                 self.traffic.configure(self.plan)
                 await self.traffic.start(self.plan.proxy)
+            await control.open()
             self.events.emit(Event("daemon", new="started", detail=str(self.plan.path)))
             for service in self.services.values():
                 self.bring_up(service)
@@ -145,7 +147,7 @@ class Daemon:
                 "state",
                 service=inst.spec.name,
                 instance=inst.name,
-                old=old.value,
+                old="" if inst.is_new else old.value,
                 new=new.value,
                 detail=detail,
                 pid=inst.pid,

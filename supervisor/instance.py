@@ -94,6 +94,7 @@ class Instance:
         self._changed = asyncio.Condition()
         self._in_pool = False
         self.port_owner = ""  # the PortAllocator booking this instance holds
+        self.is_new = True  # until its first state change: events then show no "old" state
 
     # --- orders from above -------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class Instance:
         if detail:
             self._sink.write("corral", f"{state.value}: {detail}")
         self._hooks.state_changed(self, old, state, detail)
+        self.is_new = False
         self._in_pool = state is State.READY
         asyncio.get_running_loop().create_task(self._notify())
 

@@ -12,6 +12,7 @@ from config.model import Plan, ProxySpec, ServiceSpec
 from proxy.pool import Pool
 from proxy.router import Router
 
+from .errors import SupervisorError
 from .instance import HOST, Instance, State
 
 if TYPE_CHECKING:
@@ -54,8 +55,13 @@ class Traffic:
     async def start(self, spec: ProxySpec) -> list[tuple[str, int]]:
         from proxy.server import ProxyServer
 
-        self.server = ProxyServer(spec, self.router)
-        self.addresses = await self.server.start()
+        server = ProxyServer(spec, self.router)
+        try:
+            self.addresses = await server.start()
+        except OSError as exc:
+            where = ", ".join(f"{h}:{p}" for h, p in spec.listen)
+            raise SupervisorError(f"proxy cannot listen on {where}: {exc.strerror or exc}") from exc
+        self.server = server
         log.info("proxy listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
         return self.addresses
 

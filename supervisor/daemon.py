@@ -8,7 +8,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import psutil
 
@@ -88,6 +89,11 @@ class Daemon:
             systemd.notify("READY=1", f"STATUS={self.status_line()}")
             if ready is not None:
                 ready()
+            watchdog = systemd.watchdog_interval()
+            if watchdog is not None:
+                # Pinged from the event loop itself: a wedged loop stops the pings and systemd
+                # restarts us, which is the point of WatchdogSec.
+                self.bring_task(self._watchdog(watchdog), "watchdog")
             await self.shutdown_requested.wait()
             systemd.notify("STOPPING=1")
         finally:
@@ -113,9 +119,18 @@ class Daemon:
         self.events.emit(Event("daemon", new="stopped"))
 
     def bring_up(self, service: Service) -> None:
-        task = asyncio.create_task(self._bring_up(service), name=f"bring-up:{service.name}")
+        self.bring_task(self._bring_up(service), f"bring-up:{service.name}")
+
+    def bring_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        """A background task the daemon owns: cancelled and awaited at shutdown."""
+        task = asyncio.create_task(coro, name=name)
         self._bringups.add(task)
         task.add_done_callback(self._bringups.discard)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
 
     async def _bring_up(self, service: Service) -> None:
         """Wait for dependencies, build the venv, then start the instances."""

@@ -257,3 +257,34 @@ def test_scale_rejects_bad_arguments(project: Path) -> None:
     result = corral(project, "scale", "web=lots", check=False)
     assert result.returncode == 1
     assert "expected SERVICE=N" in result.stderr
+
+
+def test_scale_save_keeps_comments_and_events_stream_json(project: Path) -> None:
+    path = project / "corral.toml"
+    path.write_text(
+        "# the team's notes: keep me\n"
+        + path.read_text().replace(
+            "instances = 2\n", "instances = 2  # two is plenty on a laptop\n"
+        )
+    )
+    try:
+        corral(project, "up", "-d")
+        corral(project, "scale", "web=3", "--save")
+        text = path.read_text()
+        assert text.startswith("# the team's notes: keep me\n")
+        assert "instances = 3  # two is plenty on a laptop" in text
+        assert corral(project, "check").returncode == 0
+        events = [
+            json.loads(line)
+            for line in corral(project, "events", "--json", "-n", "200").stdout.splitlines()
+        ]
+        assert {"kind", "service", "instance", "old", "new", "pid", "port", "ts"} <= set(events[0])
+        assert any(
+            e["kind"] == "scale" and e["service"] == "web" and e["new"] == "3" for e in events
+        )
+        # A saved count is config, not a runtime override: a restarted daemon runs 3 from the file.
+        corral(project, "down")
+        corral(project, "up", "-d")
+        assert sum(1 for r in ps(project) if r["service"] == "web") == 3
+    finally:
+        _stop(project)

@@ -107,6 +107,7 @@ class Daemon:
         for task in self._bringups:
             task.cancel()
         await asyncio.gather(*self._bringups, return_exceptions=True)
+        await self.ctx.venvs.aclose()  # a build in flight is killed, its half-made venv removed
         # Dependents first: an api should not lose its database while it is still draining.
         for service in reversed(list(self.services.values())):
             await service.shutdown()

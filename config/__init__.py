@@ -1,5 +1,6 @@
 """Read, check, render and edit corral.toml; the output is an immutable `Plan`."""
 
+from config.daemon import socket_of
 from config.edit import set_instances
 from config.errors import ConfigError
 from config.load import find_config, load
@@ -15,4 +16,5 @@ __all__ = [
     "plan_to_json",
     "render",
     "set_instances",
+    "socket_of",
 ]

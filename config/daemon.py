@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tomllib
 from pathlib import Path
 
 from config.model import DaemonSpec
@@ -50,3 +51,23 @@ def default_socket(state_dir: Path, config_path: Path) -> Path:
     # Literal /tmp, not $TMPDIR: macOS's TMPDIR alone is ~50 bytes and would defeat the point.
     digest = hashlib.sha256(os.fsencode(config_path)).hexdigest()[:12]
     return Path(f"/tmp/corral-{os.getuid()}/{digest}.sock")
+
+
+def socket_of(config_path: Path) -> Path:
+    """The control socket of a config that may not load (best effort, no validation).
+
+    The CLI uses this to reach a running daemon while the file on disk is broken.
+    """
+    state_dir, socket = ".corral", None
+    try:
+        with open(config_path, "rb") as f:
+            daemon = tomllib.load(f).get("daemon", {})
+        if isinstance(daemon, dict):
+            state_dir = str(daemon.get("state_dir", state_dir))
+            socket = daemon.get("socket")
+    except (OSError, tomllib.TOMLDecodeError):
+        pass
+    root = config_path.parent
+    if isinstance(socket, str):
+        return root / Path(socket).expanduser()
+    return default_socket(root / Path(state_dir).expanduser(), config_path)

@@ -85,7 +85,9 @@ class ServiceSpec:
     auto_port: bool = False  # port = "auto": any free port
     venv: bool = True
     requirements: Path | None = None  # None with venv=True: a venv with no extra packages
-    python: str = "python3"  # interpreter the venv is built from
+    python: str = (
+        "python3"  # interpreter the venv is built from (load() defaults it to Corral's own)
+    )
     env: dict[str, str] = field(default_factory=dict)  # env_file merged in, interpolated
     restart: RestartPolicy = RestartPolicy.ALWAYS
     stop_signal: signal.Signals = signal.SIGTERM
@@ -93,7 +95,7 @@ class ServiceSpec:
     depends_on: dict[str, DependCondition] = field(default_factory=dict)
     oneshot: bool = False
     health: HealthSpec | None = None
-    # Crash-loop protection: more than crash_limit crashes inside crash_window → failed.
+    # Crash-loop protection: the crash_limit-th crash inside crash_window → failed.
     crash_limit: int = 5
     crash_window: float = 60.0
     backoff_initial: float = 0.1
@@ -102,7 +104,8 @@ class ServiceSpec:
     route: RouteSpec | None = None
     balance: Balance = Balance.ROUND_ROBIN
     hash_key: HashKey = field(default_factory=HashKey)
-    weights: tuple[int, ...] = ()  # per instance; missing entries weigh 1
+    weights: tuple[int, ...] = ()  # per instance, from `weight = [3, 1, 1]`
+    default_weight: int = 1  # from `weight = 2`, and for instances beyond `weights`
     drain_timeout: float = 30.0
     # Rolling operations and watch mode.
     max_surge: int = 1
@@ -115,7 +118,7 @@ class ServiceSpec:
 
     def weight(self, index: int) -> int:
         """Weight of instance `index` (0-based)."""
-        return self.weights[index] if index < len(self.weights) else 1
+        return self.weights[index] if index < len(self.weights) else self.default_weight
 
 
 @dataclass(frozen=True, slots=True)

@@ -103,6 +103,8 @@ def _route(spec: ServiceSpec, proxied: bool) -> str:
     if spec.hash_key.name:
         hashed += f" {spec.hash_key.name}"
     weights = f", weights {list(spec.weights)}" if spec.weights else ""
+    if spec.default_weight != 1:
+        weights += f", weight {spec.default_weight}"
     return f"{where} -> {spec.balance.value}{hashed}{weights}{strip}"
 
 

@@ -39,17 +39,21 @@ def read_hash_key(service: Table, balance: Balance) -> HashKey:
     raise service.expected("hash_on", '"ip", "header:NAME" or "cookie:NAME"')
 
 
-def read_weights(service: Table, instances: int) -> tuple[int, ...]:
-    """Per-instance weights from `weight = 2` or `weight = [3, 1, 1]`."""
+def read_weights(service: Table, instances: int) -> tuple[tuple[int, ...], int]:
+    """(per-instance weights, default weight) from `weight = 2` or `weight = [3, 1, 1]`.
+
+    A single number is the default for every instance, including those added by `scale`.
+    Weights start at 1: an instance that should get no traffic is one to stop or scale away.
+    """
     value = service.data.get("weight", [])
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return (value,) * instances
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return (), value
     if not isinstance(value, list) or not all(
-        isinstance(item, int) and not isinstance(item, bool) and item >= 0 for item in value
+        isinstance(item, int) and not isinstance(item, bool) and item >= 1 for item in value
     ):
-        raise service.expected("weight", "an integer >= 0 or an array of them")
+        raise service.expected("weight", "an integer >= 1 or an array of them")
     if len(value) > instances:
         raise service.error(
             "weight", f"expected at most {instances} weights (one per instance), got {len(value)}"
         )
-    return tuple(value)
+    return tuple(value), 1

@@ -43,6 +43,7 @@ def read_service(
     oneshot = table.flag("oneshot", False)
     balance = table.choice("balance", Balance, Balance.ROUND_ROBIN)
     backoff_initial, backoff_max = _read_backoff(table)
+    weights, default_weight = read_weights(table, instances)
     return ServiceSpec(
         name=name,
         command=command,
@@ -67,7 +68,8 @@ def read_service(
         route=read_route(table, has_port),
         balance=balance,
         hash_key=read_hash_key(table, balance),
-        weights=read_weights(table, instances),
+        weights=weights,
+        default_weight=default_weight,
         drain_timeout=table.duration("drain_timeout", 30.0),
         max_surge=table.integer("max_surge", 1, minimum=1),
         watch=table.strings("watch"),

@@ -38,25 +38,35 @@ def describe_exit(code: int | None) -> str:
 
 @dataclass(slots=True)
 class CrashHistory:
-    """Crash times inside a sliding window; too many means a crash loop."""
+    """Exit times inside a sliding window: all of them set the backoff, crashes the limit."""
 
     limit: int
     window: float
     times: collections.deque[float] = field(default_factory=collections.deque)
+    crash_times: collections.deque[float] = field(default_factory=collections.deque)
 
-    def record(self, now: float) -> int:
+    def record(self, now: float, *, crash: bool = True) -> int:
+        """Record an exit; returns how many exits the window holds."""
         self.times.append(now)
-        while self.times and now - self.times[0] > self.window:
-            self.times.popleft()
+        if crash:
+            self.crash_times.append(now)
+        for times in (self.times, self.crash_times):
+            while times and now - times[0] > self.window:
+                times.popleft()
         return len(self.times)
+
+    def crashes(self) -> int:
+        return len(self.crash_times)
 
     def reset(self) -> None:
         self.times.clear()
+        self.crash_times.clear()
 
 
 def decide(
     *,
     code: int | None,
+    cause: str = "",
     policy: RestartPolicy,
     oneshot: bool,
     history: CrashHistory,
@@ -65,7 +75,7 @@ def decide(
     backoff_max: float,
 ) -> Decision:
     """What to do after a process ended on its own (not because we stopped it)."""
-    how = describe_exit(code)
+    how = cause or describe_exit(code)
     if code == 0:
         if oneshot:
             return Decision(Verdict.COMPLETED, reason=how)
@@ -73,11 +83,15 @@ def decide(
             return Decision(Verdict.STOPPED, reason=how)
     elif policy is RestartPolicy.NO:
         return Decision(Verdict.FAILED, reason=how)
-    crashes = history.record(now) if code != 0 else 0
-    if code != 0 and crashes >= history.limit:
-        return Decision(
-            Verdict.FAILED,
-            reason=f"{how}; crashed {crashes} times in {history.window:g}s (crash_limit {history.limit})",
-        )
-    delay = min(backoff_max, backoff_initial * (2 ** max(0, crashes - 1))) if crashes else 0.0
+    # Clean exits under "always" are recorded too: they back off like crashes (a program that
+    # exits 0 at once must not respawn in a tight loop), but never mark the instance failed.
+    recent = history.record(now, crash=code != 0)
+    if code != 0:
+        crashes = history.crashes()
+        if crashes >= history.limit:
+            return Decision(
+                Verdict.FAILED,
+                reason=f"{how}; crashed {crashes} times in {history.window:g}s (crash_limit {history.limit})",
+            )
+    delay = min(backoff_max, backoff_initial * (2 ** max(0, recent - 1)))
     return Decision(Verdict.RESTART, delay=delay, reason=how)

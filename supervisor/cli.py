@@ -47,7 +47,13 @@ def _socket(args: argparse.Namespace) -> Path:
         return Path(args.socket)
     if os.environ.get("CORRAL_SOCKET"):
         return Path(os.environ["CORRAL_SOCKET"])
-    return _plan(args).daemon.socket
+    path = _config_path(args)
+    try:
+        return config.load(path).daemon.socket
+    except config.ConfigError:
+        # A broken config must not lock the user out of the daemon that is running the last
+        # good one: ps, logs, down and reload (which reports the error) still work.
+        return config.socket_of(path)
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -79,10 +85,12 @@ async def _serve(plan: Plan, *, printer: LogPrinter | None, watch: bool = False)
     tasks: list[asyncio.Task[Any]] = []
     if printer is not None:
         tasks.append(asyncio.create_task(_print_logs(daemon, printer)))
-    if watch:
+    if watch or any(spec.watch for spec in plan.services.values()):
         from .watch import watch_project
 
-        tasks.append(asyncio.create_task(watch_project(daemon, reloader)))
+        # Services with their own `watch` patterns are watched always; --watch adds the
+        # defaults for every service and corral.toml itself.
+        tasks.append(asyncio.create_task(watch_project(daemon, reloader, everything=watch)))
     try:
         await daemon.run()
     finally:
@@ -426,3 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `corral logs | head`: the reader left; exit quietly like other Unix tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -70,6 +71,21 @@ async def _body(request: web.Request) -> dict[str, Any]:
     return data
 
 
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    return int(_number_param(request, name, default, int))
+
+
+def _number_param(
+    request: web.Request, name: str, default: float, kind: type[int] | type[float] = float
+) -> float:
+    raw = request.query.get(name, str(default))
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise SupervisorError(f"query parameter {name!r} must be {what}, got {raw!r}") from None
+
+
 def _targets(data: dict[str, Any]) -> list[str]:
     targets = data.get("targets", [])
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
@@ -105,10 +121,15 @@ class ControlServer:
         return app
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.path.parent, 0o700)
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(parents=True, mode=0o700)
+        elif parent == self.daemon.plan.daemon.state_dir or parent.name.startswith("corral-"):
+            os.chmod(parent, 0o700)  # our own directory; a shared one (/tmp) is left alone
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()  # we hold the project lock: any socket here is a dead daemon's
+            if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                raise SupervisorError(f"{self.path} exists and is not a socket; not replacing it")
+            self.path.unlink()  # we hold the project lock: a socket here is a dead daemon's
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
@@ -169,7 +190,7 @@ class ControlServer:
     async def logs(self, request: web.Request) -> web.StreamResponse:
         q = request.query
         targets = self._log_targets(q.getall("target", []))
-        n = int(q.get("n", "100"))
+        n = _int_param(request, "n", 100)
         follow = q.get("follow", "0") in ("1", "true", "yes")
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
@@ -194,13 +215,13 @@ class ControlServer:
             if name not in self.daemon.services:
                 raise TargetError(f"no service {name!r}")
             if index and not index.isdigit():
-                raise TargetError(f"bad instance {target!r}: expected service or service.N")
+                raise SupervisorError(f"bad instance {target!r}: expected service or service.N")
             out.append((name, int(index) if index else None))
         return out
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         follow = request.query.get("follow", "0") in ("1", "true", "yes")
-        n = int(request.query.get("n", "50"))
+        n = _int_param(request, "n", 50)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         for event in self.daemon.events.recent(n):
@@ -221,7 +242,7 @@ class ControlServer:
         return web.json_response({"stopping": True, "pid": os.getpid()})
 
     async def wait(self, request: web.Request) -> web.Response:
-        timeout = float(request.query.get("timeout", "120"))
+        timeout = _number_param(request, "timeout", 120.0)
         return web.json_response(await self.daemon.wait_settled(timeout))
 
     async def metrics(self, request: web.Request) -> web.Response:

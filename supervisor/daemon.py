@@ -98,9 +98,11 @@ class Daemon:
             systemd.notify("STOPPING=1")
         finally:
             await self._stop_everything()
-            await control.close()
+            # End `logs -f` / `events -f` streams first, or the control server would wait on
+            # them forever while closing.
             self.events.close()
             self.logs.close()
+            await control.close()
             self.state.unlock()
 
     async def _stop_everything(self) -> None:
@@ -174,8 +176,9 @@ class Daemon:
         service = self.services.get(inst.spec.name)
         if service is not None:
             service.notify()
-        if new in (State.STARTING, State.STOPPED, State.CRASHED, State.FAILED, State.COMPLETED):
-            self._schedule_save()
+        # The pid of a new process is known from its first state after STARTING; writing on
+        # every change (coalesced per loop turn) keeps state.json current for a hard kill.
+        self._schedule_save()
         if new is State.READY or new in FINAL:
             systemd.notify(f"STATUS={self.status_line()}")
 

@@ -12,7 +12,7 @@ from typing import Any
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    kind: str  # "state" | "roll" | "scale" | "reload" | "venv" | "daemon"
+    kind: str  # "state" | "service" | "scale" | "reload" | "daemon"
     service: str = ""
     instance: str = ""
     old: str = ""
@@ -42,7 +42,9 @@ class EventBus:
 
     def recent(self, n: int | None = None) -> list[Event]:
         events = list(self._history)
-        return events if n is None else events[-n:]
+        if n is None:
+            return events
+        return events[-n:] if n > 0 else []
 
     async def follow(self, maxsize: int = 10000) -> AsyncIterator[Event]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import time
@@ -95,6 +96,7 @@ class Instance:
         self._in_pool = False
         self.port_owner = ""  # the PortAllocator booking this instance holds
         self.is_new = True  # until its first state change: events then show no "old" state
+        self._cause = ""  # why the last run ended, when the exit code alone would mislead
 
     # --- orders from above -------------------------------------------------------------------
 
@@ -117,6 +119,12 @@ class Instance:
         async with asyncio.timeout(timeout), self._changed:
             await self._changed.wait_for(lambda: self.state in states or self.state in FINAL)
         return self.state
+
+    def update_spec(self, spec: ServiceSpec) -> None:
+        """Settings that apply without a restart (policies, limits, routing) take effect now."""
+        self.spec = spec
+        self._history.limit = spec.crash_limit
+        self._history.window = spec.crash_window
 
     def fail_now(self, reason: str) -> None:
         """Mark an instance that cannot even be started (e.g. its port is taken) as failed."""
@@ -180,6 +188,7 @@ class Instance:
                 return
             decision = decide(
                 code=code,
+                cause=self._cause,
                 policy=self.spec.restart,
                 oneshot=self.spec.oneshot,
                 history=self._history,
@@ -233,6 +242,7 @@ class Instance:
             for task in (watcher, stop, restart):
                 task.cancel()
         stopped = False
+        self._cause = ""
         ended_itself = exited.done()
         if ended_itself:
             # The leader is gone; whatever it left in its group (or below it) goes too, or a
@@ -252,8 +262,11 @@ class Instance:
         self.last_exit = proc.returncode
         self.pid = None
         await _finish(pumps)
-        # A liveness restart counts as a crash for backoff and crash-loop accounting.
-        return stopped, (proc.returncode if stopped or ended_itself else -9)
+        if not (stopped or ended_itself):
+            # A liveness restart counts as a crash for backoff and crash-loop accounting.
+            self._cause = "liveness check failed"
+            return False, proc.returncode if proc.returncode else 1
+        return stopped, proc.returncode
 
     def _health_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -271,6 +284,11 @@ class Instance:
                 delay = min(delay * 1.5, 1.0)
             self._set(State.READY)
             return
+        if self.port is not None and spec.command:
+            port = str(self.port)
+            spec = dataclasses.replace(
+                spec, command=tuple(arg.replace("{port}", port) for arg in spec.command)
+            )
         started = self._clock()
         startup_deadline = started + spec.start_period + spec.retries * spec.interval
         failures = 0

@@ -23,7 +23,7 @@ def render(daemon: Daemon) -> str:
         "# TYPE corral_instance_restarts_total counter",
     ]
     for row in daemon.ps():
-        labels = _labels(service=row["service"], instance=row["name"], state=row["state"])
+        labels = _labels(service=row["service"], instance=row["name"])
         lines.append(f"corral_instance_up{labels} {int(bool(row['ready']))}")
         restarts.append(
             f"corral_instance_restarts_total{_labels(service=row['service'], instance=row['name'])}"

@@ -200,7 +200,7 @@ class Reloader:
     def _update_in_place(self, service: Service, spec: ServiceSpec) -> None:
         service.spec = spec
         for inst in service.instances.values():
-            inst.spec = spec
+            inst.update_spec(spec)
 
     async def _remove(self, name: str) -> None:
         service = self.daemon.services[name]

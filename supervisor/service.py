@@ -259,11 +259,11 @@ class Service:
                 for new in fresh:
                     self.incoming.remove(new)
                 if any(state not in UP for state in states):
+                    bad = next(n for n, s in zip(fresh, states, strict=True) if s not in UP)
+                    why = f"{bad.state.value}: {bad.detail or 'no detail'}"  # before stop()
                     await self._stop_instances(fresh)
-                    bad = [n for n, s in zip(fresh, states, strict=True) if s not in UP]
                     raise RollFailed(
-                        f"{bad[0].name}: replacement never became ready "
-                        f"({bad[0].state.value}: {bad[0].detail or 'no detail'}); "
+                        f"{bad.name}: replacement never became ready ({why}); "
                         "roll stopped, old instances still serving"
                     )
                 for old, new in zip(batch, fresh, strict=True):

@@ -58,7 +58,7 @@ def classify(plan: Plan, paths: Iterable[Path], everything: bool) -> Actions:
     actions = Actions()
     for path in paths:
         if path == plan.path:
-            actions.reload = True
+            actions.reload = everything
             continue
         for spec in plan.services.values():
             if spec.requirements is not None and path == spec.requirements and spec.venv:

@@ -41,9 +41,21 @@ def test_policies() -> None:
     assert _decide(2, h, 0, policy=RestartPolicy.ON_FAILURE).verdict is Verdict.RESTART
     assert _decide(2, h, 0, policy=RestartPolicy.NO).verdict is Verdict.FAILED
     assert _decide(0, h, 0, policy=RestartPolicy.NO).verdict is Verdict.STOPPED
-    # A clean exit under "always" restarts at once and is not a crash.
-    clean = _decide(0, h, 0)
-    assert clean.verdict is Verdict.RESTART and clean.delay == 0.0
+
+
+def test_clean_exits_under_always_back_off_but_never_fail() -> None:
+    history = CrashHistory(limit=3, window=60)
+    decisions = [_decide(0, history, now=float(i)) for i in range(8)]
+    assert all(d.verdict is Verdict.RESTART for d in decisions)
+    assert [d.delay for d in decisions[:5]] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    # ... and they do not count toward the crash limit.
+    assert _decide(1, history, now=9.0).verdict is Verdict.RESTART
+
+
+def test_liveness_cause_is_the_reason() -> None:
+    history = CrashHistory(limit=5, window=60)
+    d = _decide(1, history, now=0.0, cause="liveness check failed", policy=RestartPolicy.NO)
+    assert d.verdict is Verdict.FAILED and d.reason == "liveness check failed"
 
 
 def test_oneshot_outcomes() -> None:

@@ -288,3 +288,41 @@ def test_scale_save_keeps_comments_and_events_stream_json(project: Path) -> None
         assert sum(1 for r in ps(project) if r["service"] == "web") == 3
     finally:
         _stop(project)
+
+
+def test_broken_config_on_disk_does_not_lock_out_the_running_daemon(project: Path) -> None:
+    path = project / "corral.toml"
+    good = path.read_text()
+    try:
+        corral(project, "up", "-d")
+        path.write_text(good + "\n[services.web\n")  # a syntax error
+        assert len(ps(project)) == 3
+        reload = corral(project, "reload", check=False)
+        assert reload.returncode == 1
+        assert "config not reloaded, nothing changed" in reload.stderr
+        assert "line" in reload.stderr  # tomllib's position survives
+        assert len(ps(project)) == 3
+    finally:
+        path.write_text(good)
+        _stop(project)
+
+
+def test_down_ends_live_followers(project: Path) -> None:
+    try:
+        corral(project, "up", "-d")
+        followers = [
+            subprocess.Popen([*CORRAL, *args], cwd=project, stdout=subprocess.DEVNULL)
+            for args in (["logs", "-f"], ["events", "-f"])
+        ]
+        try:
+            wait_for(lambda: len(ps(project)) == 3, what="daemon answering")
+            corral(project, "down", "--timeout", "30")
+            for follower in followers:
+                assert follower.wait(timeout=10) == 0
+        finally:
+            for follower in followers:
+                if follower.poll() is None:
+                    follower.kill()
+                    follower.wait()
+    finally:
+        _stop(project)

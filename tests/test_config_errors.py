@@ -471,3 +471,9 @@ def test_socket_path_too_long(tmp_path: Path) -> None:
 
     assert error.key == "daemon.socket"
     assert "at most 100 bytes" in error.message
+
+
+def test_weight_zero_is_rejected(tmp_path: Path) -> None:
+    error = _error(tmp_path, '[services.a]\ncommand = "a"\nport = 9000\nweight = 0\n')
+    assert error.key == "services.a.weight"
+    assert "expected an integer >= 1 or an array of them" in error.message

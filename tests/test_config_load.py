@@ -204,7 +204,8 @@ def test_full_example_reads_every_key(tmp_path: Path) -> None:
     assert worker.health is not None
     assert worker.health.command == ("python", "check.py", "--quick")
     assert worker.balance is Balance.LEAST_CONN
-    assert worker.weights == (2, 2)
+    assert (worker.weights, worker.default_weight) == ((), 2)
+    assert worker.weight(5) == 2  # instances added by `scale` weigh the same
     # A route exists elsewhere, so the auto-port worker is not proxied.
     assert worker.route is None
 

@@ -220,7 +220,8 @@ def test_control_socket_permissions_and_peer_uid() -> None:
         shutil.rmtree(project, ignore_errors=True)
 
 
-def test_foreground_up_stops_everything_on_sigterm(project: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_foreground_up_stops_everything(project: Path, sig: signal.Signals) -> None:
     env = {**os.environ, "NO_COLOR": "1"}
     proc = subprocess.Popen(
         [*CORRAL, "up"],
@@ -240,7 +241,7 @@ def test_foreground_up_stops_everything_on_sigterm(project: Path) -> None:
         rows = ps(project)
         pids = [r["pid"] for r in rows if r["pid"]]
         assert pids
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         proc.wait(timeout=30)
         assert proc.returncode == 0
         assert not any(pid_alive(p) for p in pids)

@@ -93,5 +93,7 @@ def decide(
                 Verdict.FAILED,
                 reason=f"{how}; crashed {crashes} times in {history.window:g}s (crash_limit {history.limit})",
             )
-    delay = min(backoff_max, backoff_initial * (2 ** max(0, recent - 1)))
+    # The first exit in the window restarts at once (a one-off crash should cost only the
+    # program's start-up); repeated ones back off: initial, 2x, 4x ... up to backoff_max.
+    delay = 0.0 if recent <= 1 else min(backoff_max, backoff_initial * (2 ** (recent - 2)))
     return Decision(Verdict.RESTART, delay=delay, reason=how)

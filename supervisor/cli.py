@@ -11,9 +11,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import config
 from config.model import Plan
@@ -25,7 +25,6 @@ from .output import LogPrinter, ps_table
 log = logging.getLogger("corral")
 
 Command = Callable[[argparse.Namespace], int]
-T = TypeVar("T")
 
 
 # --- finding the config and the daemon ------------------------------------------------------------
@@ -58,10 +57,6 @@ def _socket(args: argparse.Namespace) -> Path:
 
 def _client(args: argparse.Namespace) -> Client:
     return Client(_socket(args))
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
 
 
 def _print_json(data: object) -> None:
@@ -120,7 +115,7 @@ def _setup_logging(verbose: bool, *, foreground: bool = False) -> None:
         # `up` prints instance output and Corral's own notes through the LogPrinter already;
         # the daemon log would say everything twice. Warnings and errors still show.
         logging.getLogger("supervisor").setLevel(logging.WARNING)
-        logging.getLogger("supervisor.child").propagate = False
+        logging.getLogger("supervisor.child").setLevel(logging.WARNING)
 
 
 def _serve_blocking(plan: Plan, printer: LogPrinter | None, watch: bool) -> int:
@@ -132,17 +127,21 @@ def _serve_blocking(plan: Plan, printer: LogPrinter | None, watch: bool) -> int:
 def cmd_daemon(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground, for systemd (logs go to stderr → the journal)."""
     _setup_logging(args.verbose)
+    if not os.environ.get("JOURNAL_STREAM"):
+        # Instance output already has its own rotating files; only the journal should get a
+        # second copy (it is where `journalctl -u` users look). `up -d` writes daemon.log.
+        logging.getLogger("supervisor.child").setLevel(logging.WARNING)
     return _serve_blocking(_plan(args), None, args.watch)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     plan = _plan(args)
     client = Client(plan.daemon.socket)
-    running = _run(client.alive())
+    running = client.alive()
     if args.detach:
         if not running:
             _spawn_daemon(plan, args)
-        return _run(_report_when_settled(client, args.timeout))
+        return _report_when_settled(client, args.timeout)
     if running:
         print(
             f"corral: a daemon is already running for {plan.path}; "
@@ -181,14 +180,14 @@ def _spawn_daemon(plan: Plan, args: argparse.Namespace) -> None:
             raise SupervisorError(
                 f"the daemon exited at start-up ({log_path}):\n" + "\n".join(tail)
             )
-        if _run(client.alive()):
+        if client.alive():
             return
         time.sleep(0.05)
     raise SupervisorError(f"the daemon did not open {plan.daemon.socket} within 30s")
 
 
-async def _report_when_settled(client: Client, timeout: float) -> int:
-    rows = await client.call("GET", "/v1/wait", params={"timeout": str(timeout)})
+def _report_when_settled(client: Client, timeout: float) -> int:
+    rows = client.call("GET", "/v1/wait", params={"timeout": str(timeout)})
     print(ps_table(rows))
     bad = [r for r in rows if r["state"] == "failed"]
     pending = [r for r in rows if not r["ready"] and r["state"] not in ("completed", "failed")]
@@ -207,7 +206,7 @@ async def _report_when_settled(client: Client, timeout: float) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    rows = _run(_client(args).call("GET", "/v1/ps"))
+    rows = _client(args).call("GET", "/v1/ps")
     if args.json:
         _print_json(rows)
     else:
@@ -220,7 +219,7 @@ def _operation(path: str) -> Command:
         body: dict[str, Any] = {"targets": args.targets}
         if getattr(args, "all_at_once", False):
             body["all_at_once"] = True
-        rows = _run(_client(args).call("POST", path, body))
+        rows = _client(args).call("POST", path, body)
         if args.json:
             _print_json(rows)
         else:
@@ -242,7 +241,7 @@ def _parse_counts(pairs: Sequence[str]) -> dict[str, int]:
 
 def cmd_scale(args: argparse.Namespace) -> int:
     counts = _parse_counts(args.pairs)
-    rows = _run(_client(args).call("POST", "/v1/scale", {"counts": counts, "save": args.save}))
+    rows = _client(args).call("POST", "/v1/scale", {"counts": counts, "save": args.save})
     if args.json:
         _print_json(rows)
     else:
@@ -258,40 +257,33 @@ def cmd_logs(args: argparse.Namespace) -> int:
     params += [("target", t) for t in args.targets]
     printer = LogPrinter()
 
-    async def go() -> int:
-        async for record in _client(args).stream("/v1/logs", params=params):
-            if args.json:
-                print(json.dumps(record), flush=True)
-            else:
-                printer.print(record)
-        return 0
-
-    return _run(go())
+    for record in _client(args).stream("/v1/logs", params=params):
+        if args.json:
+            print(json.dumps(record), flush=True)
+        else:
+            printer.print(record)
+    return 0
 
 
 def cmd_events(args: argparse.Namespace) -> int:
     params = {"follow": "1" if args.follow else "0", "n": str(args.lines)}
-
-    async def go() -> int:
-        async for event in _client(args).stream("/v1/events", params=params):
-            if args.json:
-                print(json.dumps(event), flush=True)
-            else:
-                stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
-                what = event["instance"] or event["service"] or "daemon"
-                change = f"{event['old']} -> {event['new']}" if event["old"] else event["new"]
-                notes = [f"pid {event['pid']}"] if event.get("pid") else []
-                notes += [f"port {event['port']}"] if event.get("port") else []
-                notes += [event["detail"]] if event["detail"] else []
-                detail = f"  ({', '.join(notes)})" if notes else ""
-                print(f"{stamp} {event['kind']:<7} {what:<10} {change}{detail}", flush=True)
-        return 0
-
-    return _run(go())
+    for event in _client(args).stream("/v1/events", params=params):
+        if args.json:
+            print(json.dumps(event), flush=True)
+        else:
+            stamp = time.strftime("%H:%M:%S", time.localtime(event["ts"]))
+            what = event["instance"] or event["service"] or "daemon"
+            change = f"{event['old']} -> {event['new']}" if event["old"] else event["new"]
+            notes = [f"pid {event['pid']}"] if event.get("pid") else []
+            notes += [f"port {event['port']}"] if event.get("port") else []
+            notes += [event["detail"]] if event["detail"] else []
+            detail = f"  ({', '.join(notes)})" if notes else ""
+            print(f"{stamp} {event['kind']:<7} {what:<10} {change}{detail}", flush=True)
+    return 0
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    result = _run(_client(args).call("POST", "/v1/reload"))
+    result = _client(args).call("POST", "/v1/reload")
     if args.json:
         _print_json(result)
     else:
@@ -302,7 +294,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     client = _client(args)
-    reply = _run(client.call("POST", "/v1/shutdown"))
+    reply = client.call("POST", "/v1/shutdown")
     pid = int(reply["pid"])
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:

@@ -215,8 +215,9 @@ class Instance:
 
     async def _run_once(self) -> tuple[bool, int | None]:
         """Run the process once: (stopped by order, exit code or None if it could not start)."""
+        env = self._environ()
         try:
-            proc = await spawn(self._argv(), cwd=self.spec.cwd, env=self._environ())
+            proc = await spawn(self._argv(), cwd=self.spec.cwd, env=env)
         except SpawnError as exc:
             self._sink.write("corral", str(exc))
             log.error("%s: %s", self.name, exc)
@@ -231,7 +232,7 @@ class Instance:
             asyncio.create_task(self._sink.pump("stderr", proc.stderr)),
         ]
         liveness_failed = asyncio.Event()
-        watcher = asyncio.create_task(self._watch_health(liveness_failed))
+        watcher = asyncio.create_task(self._watch_health(liveness_failed, env))
         watcher.add_done_callback(self._health_done)
         exited = asyncio.create_task(proc.wait())
         stop = asyncio.create_task(self._stop.wait())
@@ -272,7 +273,7 @@ class Instance:
         if not task.cancelled() and task.exception() is not None:
             log.error("%s: health watcher failed: %r", self.name, task.exception())
 
-    async def _watch_health(self, liveness_failed: asyncio.Event) -> None:
+    async def _watch_health(self, liveness_failed: asyncio.Event, env: dict[str, str]) -> None:
         spec = self.spec.health
         if spec is None:
             if self.port is None:
@@ -294,9 +295,7 @@ class Instance:
         failures = 0
         delay = _FIRST_PROBE_DELAY
         while True:
-            result = await probes.probe(
-                spec, HOST, self.port, cwd=self.spec.cwd, env=self._environ()
-            )
+            result = await probes.probe(spec, HOST, self.port, cwd=self.spec.cwd, env=env)
             now = self._clock()
             if result.ok:
                 failures = 0

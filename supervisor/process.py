@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -84,12 +85,37 @@ async def spawn(
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from exc
 
 
+# psutil's children(recursive=True) reads every /proc entry on each call; stopping 100
+# instances at once would scan /proc 100 times. One parent→children map serves a whole burst.
+_TREE_TTL = 0.1
+_tree: tuple[float, dict[int, list[int]]] = (-1.0, {})
+
+
+def _children_map() -> dict[int, list[int]]:
+    global _tree
+    taken, tree = _tree
+    now = time.monotonic()
+    if now - taken > _TREE_TTL:
+        tree = {}
+        for proc in psutil.process_iter(["ppid"]):
+            ppid = proc.info["ppid"]
+            if ppid is not None:
+                tree.setdefault(ppid, []).append(proc.pid)
+        _tree = (now, tree)
+    return tree
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     """Every live descendant of pid (snapshot), for killing grandchildren that left the group."""
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
+    tree = _children_map()
+    found: list[psutil.Process] = []
+    todo = list(tree.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        with contextlib.suppress(psutil.Error):
+            found.append(psutil.Process(child))
+        todo.extend(tree.get(child, ()))
+    return found
 
 
 def _signal_group(pgid: int, sig: int) -> None:

@@ -20,7 +20,7 @@ def _decide(code: int | None, history: CrashHistory, now: float, **kw: object) -
 def test_backoff_doubles_and_caps() -> None:
     history = CrashHistory(limit=100, window=60)
     delays = [_decide(1, history, now=float(i)).delay for i in range(6)]
-    assert delays == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert delays == [0.0, 0.1, 0.2, 0.4, 0.8, 1.0]
 
 
 def test_crash_loop_fails_at_the_limit_inside_the_window() -> None:
@@ -47,7 +47,7 @@ def test_clean_exits_under_always_back_off_but_never_fail() -> None:
     history = CrashHistory(limit=3, window=60)
     decisions = [_decide(0, history, now=float(i)) for i in range(8)]
     assert all(d.verdict is Verdict.RESTART for d in decisions)
-    assert [d.delay for d in decisions[:5]] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    assert [d.delay for d in decisions[:6]] == [0.0, 0.1, 0.2, 0.4, 0.8, 1.0]
     # ... and they do not count toward the crash limit.
     assert _decide(1, history, now=9.0).verdict is Verdict.RESTART
 

@@ -1,0 +1,127 @@
+"""The proxy server: listening sockets, the periodic sweeper, graceful stop, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from config.model import ProxySpec
+
+from . import metrics
+from .context import CLIENT_IDLE_TIMEOUT, Context
+from .downstream import ClientConnection
+from .router import Router
+
+log = logging.getLogger(__name__)
+
+
+class ProxyServer:
+    """HTTP/1.1 reverse proxy in front of the pools a `Router` names."""
+
+    def __init__(self, spec: ProxySpec, router: Router) -> None:
+        self._spec = spec
+        self._router = router
+        self._ctx = Context(spec, router)
+        self._servers: list[asyncio.Server] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        if spec.workers > 1:
+            log.warning("proxy workers = %d: only one worker is implemented; using 1", spec.workers)
+
+    @property
+    def spec(self) -> ProxySpec:
+        """The settings in force (the last `update_spec`)."""
+        return self._spec
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Bind every listen address; returns the bound (host, port) pairs (port 0 resolved)."""
+        loop = asyncio.get_running_loop()
+        ctx = self._ctx
+        addresses: list[tuple[str, int]] = []
+        try:
+            for host, port in self._spec.listen:
+                server = await loop.create_server(
+                    lambda: ClientConnection(ctx), host, port, reuse_address=True, backlog=2048
+                )
+                self._servers.append(server)
+                for sock in server.sockets:
+                    name = sock.getsockname()
+                    addresses.append((str(name[0]), int(name[1])))
+        except BaseException:
+            for server in self._servers:
+                server.close()
+            self._servers.clear()
+            raise
+        self._sweeper = loop.create_task(self._sweep(), name="proxy:sweeper")
+        log.info("proxy listening on %s", ", ".join(f"{h}:{p}" for h, p in addresses))
+        return addresses
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let requests under way finish (up to `grace`), then close all."""
+        ctx = self._ctx
+        ctx.stopping = True
+        for server in self._servers:
+            server.close()
+        for client in list(ctx.clients):
+            if client.active is None and client.ex is None and client.tunnel is None:
+                client.close()
+            else:
+                client.closing = True
+        if ctx.clients:
+            try:
+                async with asyncio.timeout(grace):
+                    await ctx.all_closed.wait()
+            except TimeoutError:
+                log.warning(
+                    "proxy: %d connections still open after %.1fs; closing them",
+                    len(ctx.clients),
+                    grace,
+                )
+                for client in list(ctx.clients):
+                    if client.transport is not None:
+                        client.transport.abort()
+        for server in self._servers:
+            await server.wait_closed()
+        self._servers.clear()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        for task in list(ctx.tasks):
+            task.cancel()
+        if ctx.tasks:
+            await asyncio.gather(*ctx.tasks, return_exceptions=True)
+        for pool in self._router.pools():
+            pool.close_idle()
+
+    def update_spec(self, spec: ProxySpec) -> None:
+        """Apply new timeouts, limits and retry settings at once (next request on).
+
+        `listen` and `workers` changes need `stop()` + a new server: a warning says so.
+        """
+        if spec.listen != self._spec.listen or spec.workers != self._spec.workers:
+            log.warning("proxy listen/workers changed: takes effect when the proxy restarts")
+        self._spec = spec
+        self._ctx.apply(spec)
+
+    def metrics(self) -> str:
+        """Prometheus text for per-backend and per-route counters."""
+        return metrics.render(self._ctx, self._router)
+
+    async def _sweep(self) -> None:
+        # One periodic pass instead of a timer per request: read timeouts (504), idle upstream
+        # keep-alive connections, idle client connections.
+        ctx = self._ctx
+        while True:
+            await asyncio.sleep(max(0.02, min(1.0, ctx.read_timeout / 5, ctx.idle_timeout / 2)))
+            ctx.now = now = time.monotonic()
+            for pool in self._router.pools():
+                pool.sweep(now - ctx.idle_timeout)
+            for client in list(ctx.clients):
+                ex = client.active
+                if ex is not None and ex.conn is not None:
+                    ex.read_timed_out(now)
+                elif client.idle_for(now) > CLIENT_IDLE_TIMEOUT:
+                    client.close()

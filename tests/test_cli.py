@@ -327,3 +327,43 @@ def test_down_ends_live_followers(project: Path) -> None:
                     follower.wait()
     finally:
         _stop(project)
+
+
+def test_corral_proxy_alone_balances_static_backends(tmp_path: Path) -> None:
+    from supervisor.ports import free_port
+
+    ports = [free_port() for _ in range(3)]
+    env = {**os.environ, "CORRAL_SERVICE": "b"}
+    backends = [
+        subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "apps" / "web.py")],
+            env={**env, "PORT": str(port), "CORRAL_INSTANCE": str(i)},
+            stdout=subprocess.DEVNULL,
+        )
+        for i, port in enumerate(ports[:2], start=1)
+    ]
+    args = ["proxy", "--listen", f"127.0.0.1:{ports[2]}"]
+    for port in ports[:2]:
+        args += ["--backend", f"127.0.0.1:{port}"]
+    proxy = subprocess.Popen([*CORRAL, *args], cwd=tmp_path, stderr=subprocess.DEVNULL)
+    try:
+        seen: set[str] = set()
+
+        def fetch() -> bool:
+            import urllib.request
+
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports[2]}/", timeout=2) as r:
+                    seen.add(json.loads(r.read())["instance"])
+            except OSError:
+                return False
+            return seen == {"b.1", "b.2"}
+
+        wait_for(fetch, what="both backends answering through `corral proxy`")
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait(timeout=15) == 0
+    finally:
+        for p in [proxy, *backends]:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

@@ -189,10 +189,12 @@ class Daemon:
         self.events.emit(Event("service", service=service.name, new=new, detail=detail))
 
     def _schedule_save(self) -> None:
-        # Many instances change state in one loop iteration at start-up: write once for all.
+        # Starting or stopping 100 instances changes states hundreds of times within a second:
+        # write once per 50 ms burst. A hard kill inside that window is still covered by
+        # PDEATHSIG and the token sweep, which need no pid list.
         if not self._save_pending:
             self._save_pending = True
-            asyncio.get_running_loop().call_soon(self._save)
+            asyncio.get_running_loop().call_later(_SAVE_DELAY, self._save)
 
     def _save(self) -> None:
         self._save_pending = False
@@ -324,4 +326,5 @@ class Daemon:
         return self.ps()
 
 
+_SAVE_DELAY = 0.05
 _SETTLED = frozenset({"failed", "completed", "stopped"})

@@ -28,6 +28,10 @@ _PUMP_GRACE = 1.0
 # First readiness probes come quickly and slow down to the configured interval: start-up time
 # is what users wait on, and an instance that is up should be serving within ~50 ms.
 _FIRST_PROBE_DELAY = 0.02
+# ... but never further apart than this while starting: on a loaded machine (100 interpreters
+# starting on 2 cores) an instance can take seconds, and a probe schedule that had grown to the
+# full interval would leave it listening, unused, for up to that long. Refused connects are cheap.
+_STARTING_PROBE_MAX = 0.25
 
 
 class State(enum.Enum):
@@ -282,7 +286,7 @@ class Instance:
             delay = _FIRST_PROBE_DELAY
             while not await probes.port_open(HOST, self.port, 1.0):
                 await asyncio.sleep(delay)
-                delay = min(delay * 1.5, 1.0)
+                delay = min(delay * 1.5, _STARTING_PROBE_MAX)
             self._set(State.READY)
             return
         if self.port is not None and spec.command:
@@ -318,7 +322,7 @@ class Instance:
                     return
             if self.state is State.STARTING:
                 await asyncio.sleep(delay)
-                delay = min(delay * 1.5, spec.interval)
+                delay = min(delay * 1.5, spec.interval, _STARTING_PROBE_MAX)
             else:
                 await asyncio.sleep(spec.interval)
 

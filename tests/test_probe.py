@@ -106,6 +106,27 @@ async def test_not_http(tmp_path: Path) -> None:
     assert not result.ok and result.detail.startswith("not an HTTP response")
 
 
+@pytest.mark.parametrize(
+    ("reply", "detail"),
+    [
+        (b"", "connection closed before the status line"),
+        (b"HTTP/1.1 200", "connection closed before the status line"),
+        (b"x" * 20000, "status line too long"),
+    ],
+)
+async def test_broken_status_lines(tmp_path: Path, reply: bytes, detail: str) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        result = await run(http("/"), port, tmp_path)
+    assert (result.ok, result.detail) == (False, detail)
+
+
 def exec_spec(code: str, timeout: float = 1.0) -> HealthSpec:
     return HealthSpec(kind=HealthKind.EXEC, command=(sys.executable, "-c", code), timeout=timeout)
 

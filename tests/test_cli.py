@@ -367,3 +367,22 @@ def test_corral_proxy_alone_balances_static_backends(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_sighup_reloads_the_config(project: Path) -> None:
+    try:
+        corral(project, "up", "-d")
+        with open(project / "corral.toml", "a") as f:
+            f.write(
+                f'\n[services.extra]\ncommand = ["{sys.executable}", "-c", "import time; time.sleep(60)"]\n'
+                "venv = false\n"
+            )
+        os.kill(_daemon_pid(project), signal.SIGHUP)
+        wait_for(
+            lambda: any(r["name"] == "extra.1" and r["state"] == "running" for r in ps(project)),
+            what="the service added by SIGHUP reload",
+        )
+        events = corral(project, "events", "--json", "-n", "100").stdout
+        assert '"kind": "reload"' in events and "+ extra: new service, starting" in events
+    finally:
+        _stop(project)

@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from dotenv import dotenv_values
-from dotenv.variables import parse_variables
-
 from config.table import Table, show
 
 
@@ -38,6 +35,10 @@ def read_environment(table: Table, cwd: Path, environ: Mapping[str, str]) -> dic
 
 
 def _read_dotenv(path: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    # Imported here: only configs with an env_file pay for python-dotenv (CLI start-up, RSS).
+    from dotenv import dotenv_values
+    from dotenv.variables import parse_variables
+
     # dotenv's own interpolation reads os.environ; resolving here with the same rules
     # (earlier file entries win over the environment) honours the `environ` passed to load().
     resolved: dict[str, str] = {}

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -66,44 +64,6 @@ def _print_json(data: object) -> None:
 # --- commands that run a daemon -------------------------------------------------------------------
 
 
-async def _serve(plan: Plan, *, printer: LogPrinter | None, watch: bool = False) -> int:
-    from .daemon import Daemon
-    from .reload import Reloader
-
-    daemon = Daemon(plan)
-    reloader = Reloader(daemon)
-    daemon.reload_hook = reloader.reload
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, daemon.shutdown_requested.set)
-    loop.add_signal_handler(signal.SIGHUP, reloader.reload_soon)
-    tasks: list[asyncio.Task[Any]] = []
-    if printer is not None:
-        tasks.append(asyncio.create_task(_print_logs(daemon, printer)))
-    if watch or any(spec.watch for spec in plan.services.values()):
-        from .watch import watch_project
-
-        # Services with their own `watch` patterns are watched always; --watch adds the
-        # defaults for every service and corral.toml itself.
-        tasks.append(asyncio.create_task(watch_project(daemon, reloader, everything=watch)))
-    try:
-        await daemon.run()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    return 0
-
-
-async def _print_logs(daemon: Any, printer: LogPrinter) -> None:
-    follower = daemon.logs.follow()
-    try:
-        async for record in follower:
-            printer.print(record.to_json())
-    finally:
-        follower.close()
-
-
 def _setup_logging(verbose: bool, *, foreground: bool = False) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -118,12 +78,6 @@ def _setup_logging(verbose: bool, *, foreground: bool = False) -> None:
         logging.getLogger("supervisor.child").setLevel(logging.WARNING)
 
 
-def _serve_blocking(plan: Plan, printer: LogPrinter | None, watch: bool) -> int:
-    import uvloop
-
-    return uvloop.run(_serve(plan, printer=printer, watch=watch))
-
-
 def cmd_daemon(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground, for systemd (logs go to stderr → the journal)."""
     _setup_logging(args.verbose)
@@ -131,7 +85,9 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         # Instance output already has its own rotating files; only the journal should get a
         # second copy (it is where `journalctl -u` users look). `up -d` writes daemon.log.
         logging.getLogger("supervisor.child").setLevel(logging.WARNING)
-    return _serve_blocking(_plan(args), None, args.watch)
+    from .foreground import serve_blocking
+
+    return serve_blocking(_plan(args), None, args.watch)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -149,8 +105,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    from .foreground import serve_blocking
+
     _setup_logging(args.verbose, foreground=True)
-    return _serve_blocking(plan, LogPrinter(), args.watch)
+    return serve_blocking(plan, LogPrinter(), args.watch)
 
 
 def _spawn_daemon(plan: Plan, args: argparse.Namespace) -> None:
@@ -325,24 +283,15 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    import uvloop
-
     from config.model import Balance
-    from proxy.standalone import run_standalone
+
+    from .foreground import proxy_blocking
 
     listen = [_address(a) for a in args.listen]
     backends = [_address(a) for a in args.backend]
     _setup_logging(args.verbose)
 
-    async def go() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await run_standalone(listen, backends, Balance(args.balance), shutdown=stop)
-        return 0
-
-    return uvloop.run(go())
+    return proxy_blocking(listen, backends, Balance(args.balance))
 
 
 def _address(text: str) -> tuple[str, int]:

@@ -16,6 +16,7 @@ import pytest
 
 import config
 from supervisor.daemon import Daemon
+from tests.test_proxy_support import LOOPS, Runner, runner
 
 APPS = Path(__file__).parent / "apps"
 PY = sys.executable
@@ -124,10 +125,10 @@ def all_ready(daemon: Daemon, service: str, count: int) -> bool:
     return len(rows) == count and all(r["state"] == "ready" for r in rows)
 
 
-@pytest.fixture
-def tmp_path(tmp_path: Path) -> Path:
-    # AF_UNIX paths are limited to 108 bytes; pytest's temp dirs can be long.
-    return tmp_path
+@pytest.fixture(params=list(LOOPS))
+def run(request: pytest.FixtureRequest) -> Runner:
+    """Proxy scenarios run on both loops the daemon may use: asyncio and uvloop."""
+    return runner(request.param)
 
 
 def pid_alive(pid: int) -> bool:

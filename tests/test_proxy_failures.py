@@ -11,24 +11,16 @@ import pytest
 from config.model import Balance
 from proxy.pool import Pool
 from tests.test_proxy_support import (
-    LOOPS,
     Runner,
     make_pool,
     raw_exchange,
     read_request_head,
     read_response,
-    runner,
     running_backend,
     running_proxy,
     running_raw_backend,
     wait_until,
 )
-
-
-@pytest.fixture(params=list(LOOPS))
-def run(request: pytest.FixtureRequest) -> Runner:
-    """Each scenario runs on both loops the daemon may use: asyncio and uvloop."""
-    return runner(request.param)
 
 
 def dead_address() -> tuple[str, int]:

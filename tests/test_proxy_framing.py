@@ -12,23 +12,15 @@ import aiohttp
 import pytest
 
 from tests.test_proxy_support import (
-    LOOPS,
     Runner,
     body_json,
     header_map,
     make_pool,
     raw_exchange,
-    runner,
     running_backend,
     running_proxy,
     running_raw_backend,
 )
-
-
-@pytest.fixture(params=list(LOOPS))
-def run(request: pytest.FixtureRequest) -> Runner:
-    """Each scenario runs on both loops the daemon may use: asyncio and uvloop."""
-    return runner(request.param)
 
 
 def test_hop_by_hop_request_headers_are_removed(run: Runner) -> None:

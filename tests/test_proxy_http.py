@@ -18,24 +18,16 @@ import yarl
 
 from config.model import RouteSpec
 from tests.test_proxy_support import (
-    LOOPS,
     Runner,
     body_json,
     make_pool,
     raw_exchange,
     read_response,
-    runner,
     running_backend,
     running_proxy,
     running_raw_backend,
     wait_until,
 )
-
-
-@pytest.fixture(params=list(LOOPS))
-def run(request: pytest.FixtureRequest) -> Runner:
-    """Each scenario runs on both loops the daemon may use: asyncio and uvloop."""
-    return runner(request.param)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "HEAD"])

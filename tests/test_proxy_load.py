@@ -16,26 +16,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 import psutil
-import pytest
 
 from config.model import Balance
 from proxy.pool import Pool
 from tests.test_proxy_support import (
-    LOOPS,
     Runner,
     make_pool,
-    runner,
     running_backend,
     running_proxy,
     wait_until,
 )
-
-
-@pytest.fixture(params=list(LOOPS))
-def run(request: pytest.FixtureRequest) -> Runner:
-    """Each scenario runs on both loops the daemon may use: asyncio and uvloop."""
-    return runner(request.param)
-
 
 BACKEND = r"""
 import asyncio, sys

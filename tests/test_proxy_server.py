@@ -20,20 +20,12 @@ from proxy.server import ProxyServer
 from proxy.standalone import run_standalone
 from tests.test_proxy_load import Load
 from tests.test_proxy_support import (
-    LOOPS,
     Runner,
     make_pool,
-    runner,
     running_backend,
     running_proxy,
     wait_until,
 )
-
-
-@pytest.fixture(params=list(LOOPS))
-def run(request: pytest.FixtureRequest) -> Runner:
-    """Each scenario runs on both loops the daemon may use: asyncio and uvloop."""
-    return runner(request.param)
 
 
 @pytest.mark.parametrize(

@@ -5,27 +5,18 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-import pytest
 
 from tests.test_proxy_support import (
-    LOOPS,
     Runner,
     make_pool,
     raw_exchange,
     read_request_head,
     read_response,
-    runner,
     running_backend,
     running_proxy,
     running_raw_backend,
     wait_until,
 )
-
-
-@pytest.fixture(params=list(LOOPS))
-def run(request: pytest.FixtureRequest) -> Runner:
-    """Each scenario runs on both loops the daemon may use: asyncio and uvloop."""
-    return runner(request.param)
 
 
 def test_websocket_echo_both_directions(run: Runner) -> None:

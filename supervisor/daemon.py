@@ -17,7 +17,7 @@ import config
 from config.model import DependCondition, Plan
 
 from . import systemd
-from .errors import TargetError
+from .errors import SupervisorError, TargetError
 from .events import Event, EventBus
 from .instance import FINAL, UP, Instance, State
 from .logs import LogHub
@@ -57,6 +57,8 @@ class Daemon:
         self.shutdown_requested = asyncio.Event()
         self.reload_hook: Callable[[], Awaitable[dict[str, list[str]]]] | None = None
         self._bringups: set[asyncio.Task[None]] = set()
+        self._bringup_of: dict[str, asyncio.Task[None]] = {}  # per service, while it waits
+        self.closing = False
         self._save_pending = False
         self._proc_cache: dict[int, psutil.Process] = {}
 
@@ -106,6 +108,7 @@ class Daemon:
             self.state.unlock()
 
     async def _stop_everything(self) -> None:
+        self.closing = True  # orders arriving from now on are refused (see _check_open)
         for task in self._bringups:
             task.cancel()
         await asyncio.gather(*self._bringups, return_exceptions=True)
@@ -122,13 +125,25 @@ class Daemon:
         self.events.emit(Event("daemon", new="stopped"))
 
     def bring_up(self, service: Service) -> None:
-        self.bring_task(self._bring_up(service), f"bring-up:{service.name}")
+        """(Re)start the service's bring-up; one replaces any earlier one still waiting."""
+        self.cancel_bring_up(service)
+        task = self.bring_task(self._bring_up(service), f"bring-up:{service.name}")
+        self._bringup_of[service.name] = task
 
-    def bring_task(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def cancel_bring_up(self, service: Service) -> bool:
+        """Stop waiting on dependencies / the venv for `service`; True if it was waiting."""
+        task = self._bringup_of.pop(service.name, None)
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    def bring_task(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A background task the daemon owns: cancelled and awaited at shutdown."""
         task = asyncio.create_task(coro, name=name)
         self._bringups.add(task)
         task.add_done_callback(self._bringups.discard)
+        return task
 
     async def _watchdog(self, interval: float) -> None:
         while True:
@@ -279,27 +294,43 @@ class Daemon:
 
     # --- operations ----------------------------------------------------------------------------------
 
+    def _check_open(self) -> None:
+        if self.closing:
+            raise SupervisorError("the daemon is shutting down")
+
     async def start(self, targets: list[str]) -> None:
+        self._check_open()
         for service, index in self.resolve(targets):
-            await service.start_instances(None if index is None else [index])
+            if index is None and service.phase == "held":
+                self.bring_up(service)  # it was stopped while waiting: wait again
+            else:
+                await service.start_instances(None if index is None else [index])
 
     async def stop(self, targets: list[str]) -> None:
+        self._check_open()
+        resolved = self.resolve(targets)
+        for service, index in resolved:
+            if index is None and self.cancel_bring_up(service):
+                service.phase = "held"  # stopped before it started: stays so until `start`
         await asyncio.gather(
-            *(
-                service.stop(None if index is None else [index])
-                for service, index in self.resolve(targets)
-            )
+            *(service.stop(None if index is None else [index]) for service, index in resolved)
         )
 
     async def restart(self, targets: list[str], *, rolling: bool = True) -> None:
+        self._check_open()
         for service, index in self.resolve(targets):
             self._emit_service(service, "restarting", "rolling" if rolling else "all at once")
             await service.restart(None if index is None else [index], rolling=rolling)
             self._emit_service(service, "restarted", "")
 
     async def scale(self, counts: dict[str, int]) -> None:
+        self._check_open()
         for name in counts:
-            self.resolve([name])
+            if name not in self.services:
+                known = ", ".join(self.services) or "none"
+                raise TargetError(
+                    f"scale takes service names; no service {name!r} (services: {known})"
+                )
         await asyncio.gather(*(self.services[name].scale(n) for name, n in counts.items()))
         for name, n in counts.items():
             self.events.emit(Event("scale", service=name, new=str(n)))

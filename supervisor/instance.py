@@ -101,6 +101,7 @@ class Instance:
         self.port_owner = ""  # the PortAllocator booking this instance holds
         self.is_new = True  # until its first state change: events then show no "old" state
         self._cause = ""  # why the last run ended, when the exit code alone would mislead
+        self._proc: asyncio.subprocess.Process | None = None
 
     # --- orders from above -------------------------------------------------------------------
 
@@ -182,6 +183,13 @@ class Instance:
         except Exception:
             log.exception("%s: supervisor error", self.name)
             self._set(State.FAILED, "internal supervisor error (see daemon log)")
+        finally:
+            # Whatever went wrong above, a FAILED or abandoned instance must not leave its
+            # process running (it would hold the port, unsupervised).
+            proc = self._proc
+            if proc is not None and proc.returncode is None:
+                reap_group(proc.pid, descendants(proc.pid))
+                self.pid = None
 
     async def _lifecycle(self) -> None:
         while not self._stop.is_set():
@@ -226,6 +234,7 @@ class Instance:
             self._sink.write("corral", str(exc))
             log.error("%s: %s", self.name, exc)
             return False, None
+        self._proc = proc
         self.pid = proc.pid
         self.started_at = time.time()
         log.info("%s started (pid=%d, port=%s)", self.name, proc.pid, self.port)

@@ -133,6 +133,8 @@ class Reloader:
     async def reload(self) -> dict[str, list[str]]:
         async with self._lock:
             daemon = self.daemon
+            if daemon.closing:
+                raise SupervisorError("the daemon is shutting down; not reloading")
             systemd.notify("RELOADING=1")
             try:
                 try:
@@ -154,7 +156,7 @@ class Reloader:
         # removed ones only after they drained.
         daemon.plan = dataclasses.replace(new, daemon=old.daemon)
         if new.proxy is not None and old.proxy is not None:
-            daemon.traffic.configure(daemon.plan)
+            daemon.traffic.configure(daemon.plan, daemon.instances())
         for name in changes.added:
             service = Service(new.services[name], daemon.ctx)
             daemon.services[name] = service
@@ -165,7 +167,11 @@ class Reloader:
         for name in changes.rolled:
             work.append(self._roll(daemon.services[name], new.services[name]))
         for name in changes.updated:
-            self._update_in_place(daemon.services[name], new.services[name])
+            service = daemon.services[name]
+            waits_on_old = service.spec.depends_on != new.services[name].depends_on
+            self._update_in_place(service, new.services[name])
+            if waits_on_old and service.phase in ("pending", "waiting"):
+                daemon.bring_up(service)  # wait on the new dependencies instead
         for name, count in changes.scaled.items():
             if name not in changes.rolled:
                 work.append(daemon.services[name].scale(count))
@@ -176,7 +182,7 @@ class Reloader:
             sorted(daemon.services.items(), key=lambda kv: order.get(kv[0], len(order)))
         )
         if new.proxy is not None and old.proxy is not None:
-            daemon.traffic.configure(daemon.plan)
+            daemon.traffic.configure(daemon.plan, daemon.instances())
         errors = [str(r) for r in results if isinstance(r, BaseException)]
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, SupervisorError):

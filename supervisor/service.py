@@ -54,6 +54,7 @@ class Service:
         self.phase = (
             "pending"  # pending | waiting | building | running | rolling | failed | stopped
         )
+        self.closed = False
         self._generation = 0
         self._lock = asyncio.Lock()  # one structural operation at a time
         self._changed = asyncio.Event()
@@ -93,6 +94,7 @@ class Service:
     async def start(self) -> None:
         """Spawn instances up to the desired count (the venv must be prepared)."""
         async with self._lock:
+            self._check_open()
             self.phase = "running"
             for index in range(1, self.desired + 1):
                 inst = self.instances.get(index)
@@ -100,13 +102,15 @@ class Service:
                     self._spawn(index)
                 elif not inst.alive:
                     inst.start()
+        # A service with no instances to change state must still wake its dependents.
+        self.notify()
 
     def fail(self, reason: str) -> None:
         self.error = reason
         self.phase = "failed"
         log.error("%s: %s", self.name, reason)
         self.ctx.logs.sink(self.name, 0).write("corral", reason)
-        self._changed.set()
+        self.notify()
 
     def environ(self) -> dict[str, str]:
         env = base_environ()
@@ -155,7 +159,7 @@ class Service:
 
     def satisfies(self, condition: DependCondition) -> bool | None:
         """True if met, False if it can never be met (without an order), None if not yet."""
-        if self.phase == "failed":
+        if self.phase in ("failed", "stopped"):  # stopped: removed by a reload, or shutdown
             return False
         insts = list(self.instances.values())
         if condition is DependCondition.STARTED:
@@ -201,8 +205,9 @@ class Service:
     async def scale(self, count: int) -> None:
         """Change the instance count; scaling down drains the highest indexes first."""
         async with self._lock:
+            self._check_open()
             self.desired = count
-            if self.phase in ("failed", "pending", "waiting", "building"):
+            if self.phase in ("failed", "pending", "waiting", "building", "held"):
                 return
             for index in range(1, count + 1):
                 if index not in self.instances:
@@ -219,6 +224,7 @@ class Service:
     async def start_instances(self, indexes: Iterable[int] | None = None) -> None:
         """(Re)start stopped or failed instances, in place."""
         async with self._lock:
+            self._check_open()
             if self.phase == "failed" and self.error and self.spec.venv:
                 self.error = None
                 if not await self.prepare():
@@ -230,22 +236,36 @@ class Service:
                         self._spawn(index)
             for inst in self._pick(indexes):
                 if not inst.alive:
-                    if inst.port is None and self.spec.has_port:
-                        self.instances.pop(inst.index)
-                        self._spawn(inst.index)
-                    else:
-                        inst.start()
+                    self._start_in_place(inst)
+
+    def _start_in_place(self, inst: Instance) -> None:
+        if inst.port is None and self.spec.has_port:
+            # It never got its port (taken by another process): book one again.
+            self.ctx.ports.release(inst.port_owner)
+            self.instances.pop(inst.index, None)
+            self._spawn(inst.index)
+        else:
+            inst.start()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SupervisorError(f"{self.name}: the daemon is shutting down")
 
     async def restart(self, indexes: Iterable[int] | None = None, *, rolling: bool = True) -> None:
         """Restart instances: rolling (replacement first, then drain the old) or all at once."""
         async with self._lock:
+            self._check_open()
             targets = self._pick(indexes)
             if not rolling or self.spec.oneshot:
                 await asyncio.gather(*(inst.stop() for inst in targets))
                 for inst in targets:
-                    inst.start()
+                    self._start_in_place(inst)
                 return
-            await self._roll(targets)
+            # Nothing serves from a dead instance, so there is nothing to roll: start it.
+            for inst in targets:
+                if not inst.alive:
+                    self._start_in_place(inst)
+            await self._roll([i for i in targets if i.alive and i.state is not State.STARTING])
 
     async def _roll(self, targets: list[Instance]) -> None:
         self.phase = "rolling"
@@ -293,7 +313,9 @@ class Service:
         """Stop everything this service runs (daemon exit or service removed)."""
         async with self._lock:
             self.phase = "stopped"
+            self.closed = True  # no order may start anything here any more
             await self._stop_instances([*self.instances.values(), *self.incoming, *self.retiring])
+        self.notify()
 
     async def reset(self) -> None:
         """Forget instances that are not running (a reload gives a failed service a fresh start)."""
@@ -304,6 +326,7 @@ class Service:
                 self.instances.pop(inst.index, None)
             self.error = None
             self.phase = "pending"
+        self.notify()
 
     def _pick(self, indexes: Iterable[int] | None) -> list[Instance]:
         if indexes is None:
@@ -322,7 +345,9 @@ class Service:
         if not rows:
             # Not spawned yet (waiting on dependencies, building the venv) or never will be
             # (venv build failed): still one row per desired instance, so ps shows why.
-            state = "failed" if self.phase == "failed" else "starting"
+            state = {"failed": "failed", "held": "stopped", "stopped": "stopped"}.get(
+                self.phase, "starting"
+            )
             rows = [
                 {
                     "service": self.name,

@@ -6,6 +6,7 @@ The proxy knows nothing about processes; it is told "backend ready / draining / 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from config.model import Plan, ProxySpec, ServiceSpec
@@ -33,10 +34,14 @@ class Traffic:
         self._routed: dict[str, ServiceSpec] = {}
         self.server: ProxyServer | None = None
         self.addresses: list[tuple[str, int]] = []
-        self._members: set[str] = set()  # pool keys currently added
+        self._members: dict[str, set[str]] = {}  # service → pool keys currently added
 
-    def configure(self, plan: Plan) -> None:
-        """Create/reuse pools for routed services and swap routes atomically (reload-safe)."""
+    def configure(self, plan: Plan, instances: Iterable[Instance] = ()) -> None:
+        """Create/reuse pools for routed services and swap routes atomically (reload-safe).
+
+        `instances` are the ones running now: a service that just gained a route gets its
+        ready instances in the new pool at once (no state change would add them later).
+        """
         routed = {s.name: s for s in plan.services.values() if s.route is not None and s.has_port}
         for name, spec in routed.items():
             pool = self.pools.get(name)
@@ -46,11 +51,15 @@ class Traffic:
                 pool.reconfigure(spec.balance, spec.hash_key)
         for name in set(self.pools) - set(routed):
             del self.pools[name]
+            self._members.pop(name, None)
         self._routed = routed
         routes = [(spec.route, self.pools[name]) for name, spec in routed.items() if spec.route]
         self.router.set_routes(routes)
         if self.server is not None and plan.proxy is not None:
             self.server.update_spec(plan.proxy)
+        for inst in instances:
+            if inst.routable and inst.spec.name in self.pools:
+                self._join(inst)
 
     async def start(self, spec: ProxySpec) -> list[tuple[str, int]]:
         from proxy.server import ProxyServer
@@ -74,22 +83,30 @@ class Traffic:
         pool = self.pools.get(inst.spec.name)
         if pool is None or inst.port is None:
             return
+        members = self._members.setdefault(inst.spec.name, set())
         if new is State.READY:
-            if inst.key not in self._members:
-                pool.add(inst.key, HOST, inst.port, inst.spec.weight(inst.index - 1))
-                self._members.add(inst.key)
-            pool.set_ready(inst.key, True)
-        elif new is State.UNHEALTHY and inst.key in self._members:
+            self._join(inst)
+        elif new is State.UNHEALTHY and inst.key in members:
             pool.set_ready(inst.key, False)
-        elif new in _GONE and inst.key in self._members:
+        elif new in _GONE and inst.key in members:
             pool.remove(inst.key)
-            self._members.discard(inst.key)
+            members.discard(inst.key)
+
+    def _join(self, inst: Instance) -> None:
+        pool = self.pools[inst.spec.name]
+        members = self._members.setdefault(inst.spec.name, set())
+        assert inst.port is not None
+        if inst.key not in members:
+            pool.add(inst.key, HOST, inst.port, inst.spec.weight(inst.index - 1))
+            members.add(inst.key)
+        pool.set_ready(inst.key, True)
 
     async def drain(self, inst: Instance) -> None:
         pool = self.pools.get(inst.spec.name)
-        if pool is not None and inst.key in self._members:
+        members = self._members.get(inst.spec.name, set())
+        if pool is not None and inst.key in members:
             await pool.drain(inst.key, inst.spec.drain_timeout)
-            self._members.discard(inst.key)
+            members.discard(inst.key)
 
     def metrics(self) -> str:
         return self.server.metrics() if self.server is not None else ""

@@ -26,6 +26,20 @@ def web_command() -> str:
     return f'command = ["{PY}", "{APPS / "web.py"}"]'
 
 
+def web_service(name: str, *, instances: int = 1, port: str = '"auto"', extra: str = "") -> str:
+    """A [services.NAME] table running tests/apps/web.py with a fast HTTP health check."""
+    return f"""
+[services.{name}]
+{web_command()}
+instances = {instances}
+port = {port}
+venv = false
+health = {{ http = "/healthz", interval = "200ms", timeout = "150ms", retries = 2 }}
+backoff = {{ initial = "20ms", max = "200ms" }}
+{extra}
+"""
+
+
 async def wait_until(
     predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 15.0, what: str = ""
 ) -> None:

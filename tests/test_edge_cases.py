@@ -12,20 +12,16 @@ from supervisor.errors import SupervisorError, TargetError
 from supervisor.instance import State
 from supervisor.reload import Reloader
 
-from .conftest import PY, all_ready, running_daemon, state_of, wait_until, web_command, write_config
-
-
-def _web(name: str, *, instances: int = 1, extra: str = "") -> str:
-    return f"""
-[services.{name}]
-{web_command()}
-instances = {instances}
-port = "auto"
-venv = false
-health = {{ http = "/healthz", interval = "200ms", timeout = "150ms", retries = 2 }}
-{extra}
-"""
-
+from .conftest import (
+    PY,
+    all_ready,
+    running_daemon,
+    state_of,
+    wait_until,
+    web_command,
+    web_service,
+    write_config,
+)
 
 PROXY = '\n[proxy]\nlisten = "127.0.0.1:0"\n'
 
@@ -46,7 +42,7 @@ stop_timeout = "1s"
 
 
 async def test_orders_during_shutdown_are_refused(tmp_path: Path) -> None:
-    path = write_config(tmp_path, _web("web", instances=2))
+    path = write_config(tmp_path, web_service("web", instances=2))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 2))
         service = daemon.services["web"]
@@ -70,25 +66,27 @@ async def test_orders_during_shutdown_are_refused(tmp_path: Path) -> None:
 
 async def test_route_added_by_reload_puts_ready_instances_in_the_pool(tmp_path: Path) -> None:
     path = write_config(
-        tmp_path, PROXY + _web("web") + _web("other", extra='route = { path = "/o" }')
+        tmp_path, PROXY + web_service("web") + web_service("other", extra='route = { path = "/o" }')
     )
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 1) and all_ready(daemon, "other", 1))
         path.write_text(
             PROXY
-            + _web("web", extra='route = { path = "/" }')
-            + _web("other", extra='route = { path = "/o" }')
+            + web_service("web", extra='route = { path = "/" }')
+            + web_service("other", extra='route = { path = "/o" }')
         )
         await Reloader(daemon).reload()
         assert [b["ready"] for b in daemon.traffic.pools["web"].snapshot()] == [True]
 
 
 async def test_route_removed_then_added_again(tmp_path: Path) -> None:
-    routed = PROXY + _web("web", extra='route = { path = "/" }')
+    routed = PROXY + web_service("web", extra='route = { path = "/" }')
     path = write_config(tmp_path, routed)
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 1))
-        path.write_text(PROXY + _web("web") + _web("other", extra='route = { path = "/o" }'))
+        path.write_text(
+            PROXY + web_service("web") + web_service("other", extra='route = { path = "/o" }')
+        )
         await Reloader(daemon).reload()
         assert "web" not in daemon.traffic.pools
         path.write_text(routed)
@@ -171,7 +169,7 @@ async def test_restart_of_an_instance_that_never_got_its_port(tmp_path: Path) ->
 
 
 async def test_scale_takes_service_names_only(tmp_path: Path) -> None:
-    path = write_config(tmp_path, _web("web"))
+    path = write_config(tmp_path, web_service("web"))
     async with running_daemon(path) as daemon:
         with pytest.raises(TargetError, match="scale takes service names"):
             await daemon.scale({"web.1": 2})

@@ -18,22 +18,9 @@ from .conftest import (
     running_daemon,
     state_of,
     wait_until,
-    web_command,
+    web_service,
     write_config,
 )
-
-
-def _web(name: str, *, instances: int = 1, extra: str = "") -> str:
-    return f"""
-[services.{name}]
-{web_command()}
-instances = {instances}
-port = "auto"
-venv = false
-health = {{ http = "/healthz", interval = "200ms", timeout = "150ms", retries = 2 }}
-backoff = {{ initial = "20ms", max = "50ms" }}
-{extra}
-"""
 
 
 def _sleeper(name: str, extra: str = "") -> str:
@@ -47,7 +34,7 @@ stop_timeout = "2s"
 
 
 async def test_invalid_reload_changes_nothing(tmp_path: Path) -> None:
-    path = write_config(tmp_path, _web("web", instances=2))
+    path = write_config(tmp_path, web_service("web", instances=2))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 2))
         before = [r["pid"] for r in rows_of(daemon, "web")]
@@ -60,7 +47,7 @@ async def test_invalid_reload_changes_nothing(tmp_path: Path) -> None:
 
 
 async def test_reload_applies_only_the_difference(tmp_path: Path) -> None:
-    text = _web("keep") + _web("change") + _sleeper("gone") + _sleeper("grow")
+    text = web_service("keep") + web_service("change") + _sleeper("gone") + _sleeper("grow")
     path = write_config(tmp_path, text)
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "keep", 1) and all_ready(daemon, "change", 1))
@@ -69,8 +56,8 @@ async def test_reload_applies_only_the_difference(tmp_path: Path) -> None:
         )
         pids = {r["name"]: r["pid"] for r in daemon.ps()}
         new_text = (
-            _web("keep")
-            + _web("change", extra='env = { FLAVOUR = "new" }')
+            web_service("keep")
+            + web_service("change", extra='env = { FLAVOUR = "new" }')
             + _sleeper("grow", extra="instances = 2")
             + _sleeper("added")
         )
@@ -95,7 +82,7 @@ async def test_reload_applies_only_the_difference(tmp_path: Path) -> None:
 
 
 async def test_rolling_restart_keeps_every_slot_ready(tmp_path: Path) -> None:
-    path = write_config(tmp_path, _web("web", instances=3))
+    path = write_config(tmp_path, web_service("web", instances=3))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 3))
         before = {r["name"]: (r["pid"], r["port"]) for r in rows_of(daemon, "web")}
@@ -120,7 +107,7 @@ async def test_rolling_restart_keeps_every_slot_ready(tmp_path: Path) -> None:
 
 
 async def test_roll_aborts_when_a_replacement_never_gets_ready(tmp_path: Path) -> None:
-    path = write_config(tmp_path, _web("web", instances=2, extra="crash_limit = 2"))
+    path = write_config(tmp_path, web_service("web", instances=2, extra="crash_limit = 2"))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 2))
         before = [r["pid"] for r in rows_of(daemon, "web")]
@@ -138,7 +125,7 @@ async def test_roll_aborts_when_a_replacement_never_gets_ready(tmp_path: Path) -
 
 
 async def test_restart_raises_roll_failed_directly(tmp_path: Path) -> None:
-    path = write_config(tmp_path, _web("web", extra=f'cwd = "{tmp_path}"'))
+    path = write_config(tmp_path, web_service("web", extra=f'cwd = "{tmp_path}"'))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 1))
         service = daemon.services["web"]
@@ -168,7 +155,7 @@ async def test_scaled_count_survives_a_daemon_restart(tmp_path: Path) -> None:
 def test_diff_is_pure_and_ignores_routing_only_changes(tmp_path: Path) -> None:
     import config
 
-    path = write_config(tmp_path, _web("web") + '\n[proxy]\nlisten = "127.0.0.1:0"\n')
+    path = write_config(tmp_path, web_service("web") + '\n[proxy]\nlisten = "127.0.0.1:0"\n')
     old = config.load(path)
     path.write_text(
         path.read_text().replace("venv = false", 'venv = false\nbalance = "least_conn"')

@@ -22,6 +22,7 @@ from .conftest import (
     state_of,
     wait_until,
     web_command,
+    web_service,
     write_config,
 )
 
@@ -46,22 +47,9 @@ def _consecutive_free_ports(count: int) -> int:
     raise RuntimeError("no run of free ports")
 
 
-def _web(name: str, *, instances: int = 1, port: str = '"auto"', extra: str = "") -> str:
-    return f"""
-[services.{name}]
-{web_command()}
-instances = {instances}
-port = {port}
-venv = false
-health = {{ http = "/healthz", interval = "200ms", timeout = "150ms", retries = 2 }}
-backoff = {{ initial = "50ms", max = "200ms" }}
-{extra}
-"""
-
-
 async def test_instances_get_distinct_ports_and_all_answer(tmp_path: Path) -> None:
     base = _consecutive_free_ports(3)
-    path = write_config(tmp_path, _web("web", instances=3, port=str(base)))
+    path = write_config(tmp_path, web_service("web", instances=3, port=str(base)))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 3), what="3 ready instances")
         rows = rows_of(daemon, "web")
@@ -73,7 +61,7 @@ async def test_instances_get_distinct_ports_and_all_answer(tmp_path: Path) -> No
 
 
 async def test_kill_9_instance_is_replaced_on_the_same_port(tmp_path: Path) -> None:
-    path = write_config(tmp_path, _web("web", instances=2))
+    path = write_config(tmp_path, web_service("web", instances=2))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 2))
         victim = rows_of(daemon, "web")[0]
@@ -94,7 +82,7 @@ async def test_kill_9_instance_is_replaced_on_the_same_port(tmp_path: Path) -> N
 
 async def test_crash_loop_marks_failed_while_siblings_serve(tmp_path: Path) -> None:
     extra = 'env = { CRASH_INSTANCE = "2" }\ncrash_limit = 3\ncrash_window = "60s"'
-    path = write_config(tmp_path, _web("web", instances=3, extra=extra))
+    path = write_config(tmp_path, web_service("web", instances=3, extra=extra))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: state_of(daemon, "web.2") == "failed", what="web.2 failed")
         row = next(r for r in rows_of(daemon, "web") if r["name"] == "web.2")
@@ -111,7 +99,7 @@ async def test_crash_loop_marks_failed_while_siblings_serve(tmp_path: Path) -> N
 
 async def test_stop_kills_grandchildren_that_ignore_sigterm(tmp_path: Path) -> None:
     extra = 'env = { SPAWN_CHILD = "1", IGNORE_TERM = "1" }\nstop_timeout = "300ms"'
-    path = write_config(tmp_path, _web("web", extra=extra))
+    path = write_config(tmp_path, web_service("web", extra=extra))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 1))
         pid = int(rows_of(daemon, "web")[0]["pid"])  # type: ignore[call-overload]
@@ -129,7 +117,7 @@ async def test_port_held_by_a_foreign_process(tmp_path: Path) -> None:
     squatter.listen()
     taken = squatter.getsockname()[1]
     try:
-        text = _web("fixed", port=str(taken)) + _web("auto", port='"auto"')
+        text = web_service("fixed", port=str(taken)) + web_service("auto", port='"auto"')
         path = write_config(tmp_path, text)
         async with running_daemon(path) as daemon:
             await wait_until(lambda: state_of(daemon, "fixed.1") == "failed")
@@ -246,7 +234,7 @@ env = {{ GREETING = "hi" }}
 
 
 async def test_scale_up_and_down(tmp_path: Path) -> None:
-    path = write_config(tmp_path, _web("web", instances=1))
+    path = write_config(tmp_path, web_service("web", instances=1))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 1))
         await daemon.scale({"web": 3})
@@ -259,7 +247,7 @@ async def test_scale_up_and_down(tmp_path: Path) -> None:
 
 
 async def test_liveness_failure_restarts_the_instance(tmp_path: Path) -> None:
-    path = write_config(tmp_path, _web("web", extra=f'cwd = "{tmp_path}"'))
+    path = write_config(tmp_path, web_service("web", extra=f'cwd = "{tmp_path}"'))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 1))
         first_pid = rows_of(daemon, "web")[0]["pid"]

@@ -31,8 +31,10 @@ pytest: $(VENV)/.test-deps
 
 test: lint pytest
 
+# Benchmarks against supervisord, nginx and HAProxy (installs them; takes a few minutes).
 bench: $(BIN)/corral
-	bash bench/run-all.sh
+	bash bench/supervise.sh
+	INSTALL=1 bash bench/proxy.sh
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -140,10 +140,6 @@ class Instance:
         return self._task is not None and not self._task.done()
 
     @property
-    def in_pool(self) -> bool:
-        return self._in_pool
-
-    @property
     def routable(self) -> bool:
         """Whether the proxy should send this instance traffic."""
         return self.state is State.READY and self.port is not None

@@ -196,12 +196,6 @@ class Service:
 
     # --- operations ----------------------------------------------------------------------------
 
-    def select(self, index: int | None) -> list[Instance]:
-        if index is None:
-            return [self.instances[i] for i in sorted(self.instances)]
-        inst = self.instances.get(index)
-        return [] if inst is None else [inst]
-
     async def scale(self, count: int) -> None:
         """Change the instance count; scaling down drains the highest indexes first."""
         async with self._lock:

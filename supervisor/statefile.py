@@ -84,6 +84,9 @@ class StateDir:
             started = self._create_time(pid)
             if started is not None:
                 instances[key] = {"pid": pid, "create_time": started}
+        # Only running instances' start times are worth keeping; every restart adds a pid.
+        live = set(pids.values())
+        self._create_times = {p: t for p, t in self._create_times.items() if p in live}
         data = {"pid": os.getpid(), "token": token, "instances": instances, "scaled": scaled}
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
@@ -110,6 +113,3 @@ class StateDir:
             except psutil.Error:
                 return None
         return self._create_times[pid]
-
-    def forget(self, pid: int) -> None:
-        self._create_times.pop(pid, None)

@@ -295,12 +295,12 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
 
 def _address(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "127.0.0.1", text
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise SupervisorError(f"bad address {text!r}: expected HOST:PORT")
-    return (host.strip("[]") or "127.0.0.1", int(port))
+    from config.proxy import parse_address  # the same forms `[proxy] listen` accepts
+
+    try:
+        return parse_address(text)
+    except ValueError:
+        raise SupervisorError(f"bad address {text!r}: expected HOST:PORT or [IPv6]:PORT") from None
 
 
 # --- argument parsing ------------------------------------------------------------------------------

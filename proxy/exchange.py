@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 from config.model import Balance
 
-from . import errors, headers
+from . import errors, framing, headers, retry
 from .context import PENDING_LIMIT, REPLAY_LIMIT, access_log
+from .framing import CHUNK
 from .relay import ResponseRelay
-from .state import CHUNK, PAUSE_BUFFER, PAUSE_UPSTREAM, UNTIL_CLOSE
+from .state import PAUSE_BUFFER, PAUSE_UPSTREAM
 from .tunnel import Tunnel
 from .upstream import UpstreamConnection, connect
 
@@ -288,7 +289,7 @@ class Exchange(ResponseRelay, Tunnel):
             return
         if conn.write_blocked:
             self.client.set_paused(PAUSE_UPSTREAM, False)
-        if self.head_done and self.mode in (CHUNK, UNTIL_CLOSE) and not self.resp_chunked:
+        if self.head_done and framing.closed_body_complete(self.mode, self.resp_chunked):
             # The body was delimited by the connection closing: that was its end.
             if self.mode == CHUNK:
                 self.out.append(b"0\r\n\r\n")
@@ -303,7 +304,7 @@ class Exchange(ResponseRelay, Tunnel):
             return
         self.conn = None
         conn.abort()
-        self._failed(why, sent=True, retry=False)
+        self._failed(why, sent=True, retryable=False)
 
     def upstream_write_blocked(self, blocked: bool) -> None:
         self.client.set_paused(PAUSE_UPSTREAM, blocked)
@@ -331,34 +332,38 @@ class Exchange(ResponseRelay, Tunnel):
         self.answer(504, f"no response from {conn.backend.addr} within {ctx.read_timeout:g}s")
         return True
 
-    def _failed(self, why: str, *, sent: bool, retry: bool = True) -> None:
+    def _failed(self, why: str, *, sent: bool, retryable: bool = True) -> None:
         ctx = self.client.ctx
         b = self.backend
         self.backend = None
-        stale = self.reused and sent and not self.got_response_bytes
+        attempt = retry.Attempt(
+            sent, self.reused, self.got_response_bytes, self.resp_started, retryable
+        )
+        decision = retry.decide(
+            attempt,
+            replayable=self.idempotent and self.replay is not None and not self.upgrade,
+            retry_on_error=ctx.retry_idempotent,
+            attempts=self.attempts,
+            max_attempts=ctx.max_attempts,
+            stale_retries=self.stale_retries,
+        )
         if b is not None:
-            if not stale:
+            if decision.charge:
                 assert self.route is not None
                 self.route.pool.report_failure(b, ctx.eject_failures, ctx.eject_cooldown)
             b.release()
-        if self.resp_started:
-            self._abort_client(why)
-            return
-        replayable = self.idempotent and self.replay is not None and not self.upgrade
-        if retry and stale and replayable and self.stale_retries < 2:
+        if decision.retry is retry.Retry.FRESH:
             # A pooled keep-alive connection the backend had just closed: not a real attempt.
             self.stale_retries += 1
             self.attempts -= 1
             self.fresh_only = True
             log.debug("retrying %s after a stale keep-alive connection", self.describe())
             self._retry()
-        elif (
-            retry
-            and self.attempts < ctx.max_attempts
-            and (not sent or (replayable and ctx.retry_idempotent and not self.got_response_bytes))
-        ):
+        elif decision.retry is retry.Retry.ANOTHER:
             log.info("retrying %s on another backend: %s", self.describe(), why)
             self._retry()
+        elif self.resp_started:
+            self._abort_client(why)
         else:
             self.answer(502, why)
 

@@ -8,8 +8,9 @@ Content-Length response in one read skips the parser (fastpath.simple_response).
 
 from __future__ import annotations
 
-from . import headers
-from .state import CHUNK, NO_BODY, PASS, UNTIL_CLOSE, ExchangeState
+from . import framing, headers
+from .framing import CHUNK, NO_BODY
+from .state import ExchangeState
 
 
 class ResponseRelay(ExchangeState):
@@ -72,42 +73,26 @@ class ResponseRelay(ExchangeState):
             named = headers.connection_tokens(self.resp_conn) - {b"close", b"keep-alive"}
             if named - {b"upgrade"}:
                 lines = headers.strip_named(lines, named)
-        close = not self.keep_alive or not self.req_done or client.closing
-        extra = b""
-        if status == 101:
-            self.mode = NO_BODY
-            extra = b"Connection: Upgrade\r\nUpgrade: " + (self.resp_upgrade or b"") + b"\r\n"
-            close = False
-        elif self.method == b"HEAD" or status == 204 or status == 304:
-            self.mode = NO_BODY
-            if self.resp_te is not None and not self.http10:
-                extra = b"Transfer-Encoding: " + self.resp_te + b"\r\n"
-        elif self.resp_cl:
-            self.mode = PASS
-        elif self.http10:
-            self.mode = UNTIL_CLOSE
-            close = True
-        else:
-            self.mode = CHUNK
-            te = self.resp_te
-            if te is None or not self.resp_chunked:
-                # Delimited by close upstream (or another coding only): chunked for the client.
-                te = b"chunked" if te is None else te + b", chunked"
-            extra = b"Transfer-Encoding: " + te + b"\r\n"
-        if self.upgrade and status != 101:
-            close = True  # the client may already be speaking the new protocol
-        self.close_after = close
-        if self.http10:
-            conn_line = b"" if close else b"Connection: keep-alive\r\n"
-        else:
-            conn_line = b"Connection: close\r\n" if close else b""
+        f = framing.response_framing(
+            status,
+            head_request=self.method == b"HEAD",
+            http10=self.http10,
+            has_length=self.resp_cl,
+            transfer_encoding=self.resp_te,
+            chunked=self.resp_chunked,
+            upgrade_requested=self.upgrade,
+            upgrade_value=self.resp_upgrade,
+            must_close=not self.keep_alive or not self.req_done or client.closing,
+        )
+        self.mode = f.mode
+        self.close_after = f.close
         self.out.append(
-            b"".join((headers.status_line(status, self.reason), *lines, extra, conn_line, b"\r\n"))
+            b"".join((headers.status_line(status, self.reason), *lines, f.lines, b"\r\n"))
         )
         self.resp_started = True
         if self.mode == NO_BODY and status != 101:
             # llhttp cannot be told the request was HEAD; end here, the parser is replaced.
-            framed = self.method != b"HEAD" or self.resp_cl or self.resp_te is not None
+            framed = framing.reusable_after_head(self.method == b"HEAD", self.resp_cl, self.resp_te)
             self._complete(reusable=framed and conn.parser.should_keep_alive())
 
     def _interim(self, status: int) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from . import headers
+from . import framing, headers
 from .errors import BadRequest
 
 if TYPE_CHECKING:
@@ -27,14 +27,8 @@ def prepare(client: ClientConnection, ex: Exchange) -> None:
         raise BadRequest("CONNECT is not supported by this reverse proxy", 405)
     ex.idempotent = method in headers.IDEMPOTENT
     ex.replay = [] if ex.idempotent else None
-    te = ex.transfer_encoding
-    if te is not None:
-        if te.strip().lower() != b"chunked":
-            raise BadRequest(f"unsupported Transfer-Encoding {te.decode('latin-1')!r}", 501)
-        ex.chunked_in = True
-    elif ex.content_length is not None:
-        if ctx.max_body and int(ex.content_length) > ctx.max_body:
-            raise BadRequest(f"body larger than {ctx.max_body} bytes", 413)
+    body = framing.request_body(ex.content_length, ex.transfer_encoding, ctx.max_body)
+    ex.chunked_in = body == framing.CHUNKED
     target = ex.target
     if target[:1] != b"/":
         target = origin_form(ex, target)
@@ -53,14 +47,7 @@ def prepare(client: ClientConnection, ex: Exchange) -> None:
             lines = headers.strip_named(lines, named)
     if host is None:
         lines.append(b"Host: " + client.local_host + b"\r\n")
-    if ex.chunked_in:
-        framing = b"Transfer-Encoding: chunked\r\n"
-    elif ex.content_length is not None:
-        framing = b"Content-Length: " + ex.content_length.strip() + b"\r\n"
-    else:
-        framing = b""
-    if ex.upgrade:
-        framing += b"Connection: Upgrade\r\nUpgrade: " + (ex.upgrade_value or b"") + b"\r\n"
+    framing_lines = framing.request_framing(body, ex.content_length, ex.upgrade, ex.upgrade_value)
     ex.head = b"".join(
         (
             method,
@@ -69,7 +56,7 @@ def prepare(client: ClientConnection, ex: Exchange) -> None:
             b" HTTP/1.1\r\n",
             *lines,
             client.forwarded(ex, host),
-            framing,
+            framing_lines,
             b"\r\n",
         )
     )

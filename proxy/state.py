@@ -9,6 +9,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from . import errors
+from .framing import NO_BODY
 
 if TYPE_CHECKING:
     from .downstream import ClientConnection
@@ -16,8 +17,6 @@ if TYPE_CHECKING:
     from .router import Route
     from .upstream import UpstreamConnection
 
-# How the response body reaches the client.
-NO_BODY, PASS, CHUNK, UNTIL_CLOSE = range(4)
 # Reasons the client's reading is paused (a bit each).
 PAUSE_BUFFER, PAUSE_UPSTREAM, PAUSE_PIPELINE = 1, 2, 4
 

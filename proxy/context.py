@@ -6,14 +6,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from config.model import ProxySpec
 
 from .router import Router
-
-if TYPE_CHECKING:
-    from .downstream import ClientConnection
 
 access_log = logging.getLogger("proxy.access")
 
@@ -25,12 +22,20 @@ PENDING_LIMIT = 256 * 1024
 REPLAY_LIMIT = 64 * 1024
 
 
+class Connection(Protocol):
+    """What the server does with a client connection (downstream.ClientConnection)."""
+
+    def sweep(self, now: float) -> None: ...
+    def shutdown(self) -> None: ...
+    def abort(self) -> None: ...
+
+
 class Context:
     """What connections read on every request, kept as plain attributes for speed."""
 
     def __init__(self, spec: ProxySpec, router: Router) -> None:
         self.router = router
-        self.clients: set[ClientConnection] = set()
+        self.clients: set[Connection] = set()
         self.stopping = False
         self.errors: dict[int, int] = {}  # responses the proxy wrote itself, by status
         self.connections_total = 0
@@ -66,7 +71,7 @@ class Context:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    def client_gone(self, client: ClientConnection) -> None:
+    def client_gone(self, client: Connection) -> None:
         self.clients.discard(client)
         if self.stopping and not self.clients:
             self.all_closed.set()

@@ -14,11 +14,11 @@ from typing import cast
 import httptools
 
 from . import fastpath, headers, request
-from .context import Context
+from .context import CLIENT_IDLE_TIMEOUT, Context
 from .errors import BadRequest, ProxyError
-from .exchange import Exchange
-from .state import PAUSE_PIPELINE
-from .upstream import UpstreamConnection
+from .exchange import PAUSE_PIPELINE, Exchange
+from .request import RequestFields, RequestHead
+from .tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ class ClientConnection(asyncio.Protocol):
         self.peer = ""
         self.trusted = False
         self.local_host = b"localhost"
-        self.ex: Exchange | None = None  # being parsed
+        self.fields: RequestFields | None = None  # the head being parsed
+        self.ex: Exchange | None = None  # the request whose body is being parsed
         self.active: Exchange | None = None  # being answered
         self.queue: deque[Exchange] = deque()
         self.paused = 0
@@ -43,9 +44,8 @@ class ClientConnection(asyncio.Protocol):
         self.closed = False
         self.closing = False  # no new requests; close when the active one is answered
         self.discarding = False  # answered early: swallow the rest of the request, then close
-        self.tunnel: UpstreamConnection | None = None
+        self.tunnel: Tunnel | None = None
         self.upgrading: Exchange | None = None
-        self.eof_seen = False  # the client half-closed a tunnel
         self.last_activity = 0.0
         self.header_bytes = 0
         self._fwd_host: bytes | None = None
@@ -73,14 +73,15 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
-            tunnel.write(data)
+            tunnel.backend.write(data)
             return
         if self.upgrading is not None:
             self.upgrading.tunnel_data(data)
             return
         self.last_activity = self.ctx.now
         if (
-            self.ex is None
+            self.fields is None
+            and self.ex is None
             and self.active is None
             and not self.closing
             and len(data) <= self.ctx.max_header
@@ -105,12 +106,8 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool:
         tunnel = self.tunnel
         if tunnel is not None:
-            if tunnel.eof_seen or tunnel.transport is None or not tunnel.transport.can_write_eof():
-                return False  # both directions are done: close, which ends the tunnel
             # Half-close travels through the tunnel; the backend may still be sending.
-            self.eof_seen = True
-            tunnel.transport.write_eof()
-            return True
+            return tunnel.client_sent_eof()
         # Like nginx (proxy_ignore_client_abort off): a client that stops sending while its
         # request is under way has gone; the backend request is abandoned and released.
         return False
@@ -120,7 +117,7 @@ class ClientConnection(asyncio.Protocol):
         self.ctx.client_gone(self)
         active = self.active
         if active is not None:
-            if active.tunnel_open:
+            if active.tunnel is not None:
                 active.end_tunnel()
             active.abort()
         for ex in self.queue:
@@ -128,81 +125,87 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
         if self.ex is not None:
             self.ex.abort()
-        if self.tunnel is not None:
-            self.tunnel.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        conn = self.active.conn if self.active is not None else None
-        if conn is not None:
-            conn.pause_reading(True)
+        if self.active is not None:
+            self.active.client_writable(False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        conn = self.active.conn if self.active is not None else None
-        if conn is not None:
-            conn.pause_reading(False)
+        if self.active is not None:
+            self.active.client_writable(True)
 
     # --- request parsing (httptools callbacks) ------------------------------------------------
     def on_message_begin(self) -> None:
-        self.ex = Exchange(self)
+        self.fields = RequestFields()
         self.header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
-        ex = self.ex
-        assert ex is not None
-        ex.target += url
+        fields = self.fields
+        assert fields is not None
+        fields.target += url
         self.header_bytes += len(url)
         if self.header_bytes > self.ctx.max_header:
             raise BadRequest("request target too long", 414)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.ex
-        assert ex is not None
+        fields = self.fields
+        assert fields is not None
         self.header_bytes += len(name) + len(value) + 4
         if self.header_bytes > self.ctx.max_header:
             raise BadRequest(f"request headers larger than {self.ctx.max_header} bytes", 431)
         code = headers.REQUEST_SPECIAL.get(name.lower())
         if code is None:
-            ex.lines.append(name + b": " + value + b"\r\n")
+            fields.lines.append(name + b": " + value + b"\r\n")
         elif code == headers.HOST:
-            if ex.host is not None:
+            if fields.host is not None:
                 raise BadRequest("more than one Host header")
-            ex.host = value
-            ex.lines.append(name + b": " + value + b"\r\n")
+            fields.host = value
+            fields.lines.append(name + b": " + value + b"\r\n")
         elif code == headers.CONTENT_LENGTH:
-            ex.content_length = value
+            fields.content_length = value
         elif code == headers.TRANSFER_ENCODING:
-            ex.transfer_encoding = value
+            fields.transfer_encoding = value
         elif code == headers.CONNECTION:
-            ex.connection = value if ex.connection is None else ex.connection + b"," + value
+            c = fields.connection
+            fields.connection = value if c is None else c + b"," + value
         elif code == headers.UPGRADE:
-            ex.upgrade_value = value
+            fields.upgrade_value = value
         elif code == headers.EXPECT:
-            ex.lines.append(name + b": " + value + b"\r\n")
+            fields.lines.append(name + b": " + value + b"\r\n")
         elif code == headers.XFF:
-            ex.xff = value if ex.xff is None else ex.xff + b", " + value
+            fields.xff = value if fields.xff is None else fields.xff + b", " + value
         elif code == headers.XFP:
-            ex.xfp = value
+            fields.xfp = value
         elif code == headers.XFH:
-            ex.xfh = value
+            fields.xfh = value
         elif code == headers.FORWARDED:
-            ex.forwarded = value if ex.forwarded is None else ex.forwarded + b", " + value
+            f = fields.forwarded
+            fields.forwarded = value if f is None else f + b", " + value
         # DROP: hop-by-hop, not forwarded
 
     def on_headers_complete(self) -> None:
-        ex = self.ex
-        assert ex is not None
+        fields = self.fields
+        assert fields is not None
+        self.fields = None
         parser = self.parser
-        ex.method = parser.get_method()
-        ex.http10 = parser.get_http_version() == "1.0"
-        ex.keep_alive = parser.should_keep_alive() and not self.closing
-        ex.upgrade = parser.should_upgrade()
+        fields.method = parser.get_method()
+        fields.http10 = parser.get_http_version() == "1.0"
+        fields.keep_alive = parser.should_keep_alive() and not self.closing
+        fields.upgrade = parser.should_upgrade()
         try:
-            request.prepare(self, ex)
+            head = request.prepare(
+                fields,
+                router=self.ctx.router,
+                max_body=self.ctx.max_body,
+                local_host=self.local_host,
+                forwarded=self.forwarded,
+            )
+            ex = Exchange(self, head)
         except ProxyError as err:
-            ex.error = err
-            ex.keep_alive = False
+            ex = Exchange(self, RequestHead.rejected(fields), err)
+        self.ex = ex
         if self.discarding or (self.closing and self.active is not None):
             ex.done = True  # no new work on a closing connection; its body is ignored
             return
@@ -223,23 +226,33 @@ class ClientConnection(asyncio.Protocol):
 
     def _simple_request(self, method: bytes, target: bytes, block: bytes, host: bytes) -> None:
         # A whole bodiless request in one read (fastpath.simple_request): no parser callbacks.
-        ex = Exchange(self)
-        request.prepare_simple(self, ex, method, target, block, host)
+        path, _, _ = target.partition(b"?")
+        route = self.ctx.router.lookup(host, path)
+        if route is None:
+            fields = RequestFields()
+            fields.method, fields.target = method, target
+            ex = Exchange(self, RequestHead.rejected(fields), request.no_route(host, path))
+        else:
+            head = request.prepare_simple(
+                method, target, block, host, route, self.forwarded(None, host)
+            )
+            ex = Exchange(self, head)
+        ex.req_done = True
         self.active = ex
         ex.start()
 
-    def forwarded(self, ex: Exchange, host: bytes | None) -> bytes:
-        """X-Forwarded-* and Forwarded lines for `ex` (cached per connection when possible)."""
+    def forwarded(self, fields: RequestFields | None, host: bytes | None) -> bytes:
+        """X-Forwarded-* and Forwarded lines for a request (cached per connection when possible)."""
         if self.trusted:
             return headers.forwarded_block(
                 self.peer,
                 host,
                 b"http",
                 trusted=True,
-                xff=ex.xff,
-                xfp=ex.xfp,
-                xfh=ex.xfh,
-                forwarded=ex.forwarded,
+                xff=fields.xff if fields else None,
+                xfp=fields.xfp if fields else None,
+                xfh=fields.xfh if fields else None,
+                forwarded=fields.forwarded if fields else None,
             )
         if host != self._fwd_host or not self._fwd_block:
             self._fwd_host = host
@@ -269,7 +282,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if close or self.closing:
             self.closing = True
-            if ex.req_done or ex.tunnel_open or self.tunnel is not None:
+            if ex.req_done or ex.tunnel is not None or self.tunnel is not None:
                 transport.close()
             else:
                 self._linger()
@@ -295,7 +308,9 @@ class ClientConnection(asyncio.Protocol):
         self.closing = True
         ex = self.ex
         self.ex = None
-        if ex is not None and ex.route is not None and ex.error is None:
+        fields = self.fields
+        self.fields = None
+        if ex is not None and ex.error is None:
             # Headers were fine and the request is under way; its body was not.
             ex.req_done = True
             if ex is self.active:
@@ -304,9 +319,8 @@ class ClientConnection(asyncio.Protocol):
                 ex.error = err  # queued: answered in its turn
         else:
             if ex is None:
-                ex = Exchange(self)
+                ex = Exchange(self, RequestHead.rejected(fields), err)
             ex.error = err
-            ex.keep_alive = False
             ex.req_done = True
             if ex is not self.active and ex not in self.queue:
                 self._enqueue(ex)
@@ -314,7 +328,8 @@ class ClientConnection(asyncio.Protocol):
             self.close()
 
     def _upgrade_requested(self, extra: bytes) -> None:
-        ex = self.active if self.active is not None and self.active.upgrade else None
+        active = self.active
+        ex = active if active is not None and active.head.upgrade else None
         if ex is None or ex.done or ex.error is not None:
             self.closing = True  # a rejected upgrade: nothing more on this connection
             return
@@ -322,10 +337,10 @@ class ClientConnection(asyncio.Protocol):
         if extra:
             ex.tunnel_data(extra)
 
-    def start_tunnel(self, conn: UpstreamConnection) -> None:
+    def start_tunnel(self, tunnel: Tunnel) -> None:
         """The backend accepted the upgrade: copy bytes both ways from now on."""
         self.upgrading = None
-        self.tunnel = conn
+        self.tunnel = tunnel
 
     # --- output and flow control ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -351,7 +366,16 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.closed:
             self.transport.close()
 
-    def idle_for(self, now: float) -> float:
+    # --- the server's side (context.Connection) --------------------------------------------------
+    def sweep(self, now: float) -> None:
+        """Enforce timeouts (called about once a second by the server's sweeper)."""
+        ex = self.active
+        if ex is not None and ex.conn is not None:
+            ex.read_timed_out(now)
+        elif self._idle_for(now) > CLIENT_IDLE_TIMEOUT:
+            self.close()
+
+    def _idle_for(self, now: float) -> float:
         """Seconds without progress from the client, 0 when an answer is under way."""
         if self.tunnel is not None or self.upgrading is not None:
             return 0.0
@@ -359,3 +383,15 @@ class ClientConnection(asyncio.Protocol):
         if active is not None and (active.req_done or active.error is not None):
             return 0.0
         return now - self.last_activity
+
+    def shutdown(self) -> None:
+        """The server is stopping: close now if idle, else once the request under way is done."""
+        if self.active is None and self.ex is None and self.fields is None and self.tunnel is None:
+            self.close()
+        else:
+            self.closing = True
+
+    def abort(self) -> None:
+        """Close at once, discarding anything unsent."""
+        if self.transport is not None:
+            self.transport.abort()

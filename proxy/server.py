@@ -10,7 +10,7 @@ import time
 from config.model import ProxySpec
 
 from . import metrics
-from .context import CLIENT_IDLE_TIMEOUT, Context
+from .context import Context
 from .downstream import ClientConnection
 from .router import Router
 
@@ -64,10 +64,7 @@ class ProxyServer:
         for server in self._servers:
             server.close()
         for client in list(ctx.clients):
-            if client.active is None and client.ex is None and client.tunnel is None:
-                client.close()
-            else:
-                client.closing = True
+            client.shutdown()
         if ctx.clients:
             try:
                 async with asyncio.timeout(grace):
@@ -79,8 +76,7 @@ class ProxyServer:
                     grace,
                 )
                 for client in list(ctx.clients):
-                    if client.transport is not None:
-                        client.transport.abort()
+                    client.abort()
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
@@ -120,8 +116,4 @@ class ProxyServer:
             for pool in self._router.pools():
                 pool.sweep(now - ctx.idle_timeout)
             for client in list(ctx.clients):
-                ex = client.active
-                if ex is not None and ex.conn is not None:
-                    ex.read_timed_out(now)
-                elif client.idle_for(now) > CLIENT_IDLE_TIMEOUT:
-                    client.close()
+                client.sweep(now)

@@ -76,7 +76,7 @@ class ClientConnection(asyncio.Protocol):
             tunnel.backend.write(data)
             return
         if self.upgrading is not None:
-            self.upgrading.tunnel_data(data)
+            self.upgrading.early_data(data)
             return
         self.last_activity = self.ctx.now
         if (
@@ -335,7 +335,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.upgrading = ex
         if extra:
-            ex.tunnel_data(extra)
+            ex.early_data(extra)
 
     def start_tunnel(self, tunnel: Tunnel) -> None:
         """The backend accepted the upgrade: copy bytes both ways from now on."""

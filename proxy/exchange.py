@@ -59,6 +59,8 @@ class Exchange:
     req_done = False  # the whole request arrived from the client
     body_seen = 0
     pending_size = 0
+    held: list[bytes] | None = None  # bytes behind an upgrade request (see early_data)
+    held_size = 0
     replay: list[bytes] | None = None  # what was sent, kept for a retry (idempotent, small)
     replay_size = 0
     backend: Backend | None = None
@@ -86,7 +88,7 @@ class Exchange:
             self.error = error
         elif head.idempotent:
             self.replay = []
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] = []  # request bytes waiting for a backend connection
         self.tried: list[Backend] = []
 
     # --- dispatch ------------------------------------------------------------------------------
@@ -236,15 +238,19 @@ class Exchange:
             self.backend = None
         self.answer(err, close=True)
 
-    def tunnel_data(self, data: bytes) -> None:
+    def early_data(self, data: bytes) -> None:
         """Client bytes sent right behind an upgrade request, before the backend's answer.
 
-        Sent with the request if it has not gone out yet, else once the backend says 101:
-        either way the backend sees them where the client put them, after the head.
+        Held until the backend says 101, then they open the tunnel. Until then they are not
+        HTTP the proxy has checked: a backend that refuses the upgrade would read them as its
+        next request, past routing, header rewriting and body limits. On any other answer
+        they are dropped and the connection closes after it (framing.response_framing).
         """
-        self.pending.append(data)
-        self.pending_size += len(data)
-        if self.pending_size > PENDING_LIMIT:
+        if self.held is None:
+            self.held = []
+        self.held.append(data)
+        self.held_size += len(data)
+        if self.held_size > PENDING_LIMIT:
             self.client.set_paused(PAUSE_BUFFER, True)
 
     # --- the response (UpstreamConnection's handler) ---------------------------------------------
@@ -364,10 +370,11 @@ class Exchange:
         tunnel = self.tunnel = Tunnel(transport, conn.transport)
         conn.tunnel = tunnel
         client.start_tunnel(tunnel)
-        if self.pending:
-            conn.write(b"".join(self.pending))
-            self.pending.clear()
-            self.pending_size = 0
+        held = self.held
+        if held:
+            conn.write(b"".join(held))
+            self.held = None
+            self.held_size = 0
             client.set_paused(PAUSE_BUFFER, False)
 
     def end_tunnel(self) -> None:

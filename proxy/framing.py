@@ -41,6 +41,13 @@ def request_body(
     return NONE
 
 
+def has_content(body: int, content_length: bytes | None) -> bool:
+    """Whether a request with this framing carries at least one body byte (or may)."""
+    if body == LENGTH:
+        return content_length is not None and int(content_length) > 0
+    return body == CHUNKED
+
+
 def request_framing(
     body: int, content_length: bytes | None, upgrade: bool, upgrade_value: bytes | None
 ) -> bytes:

@@ -95,6 +95,11 @@ def prepare(
     if method == b"CONNECT":
         raise BadRequest("CONNECT is not supported by this reverse proxy", 405)
     body = framing.request_body(fields.content_length, fields.transfer_encoding, max_body)
+    if fields.upgrade and framing.has_content(body, fields.content_length):
+        # The parser stops at an upgrade request's head: what follows is held until the
+        # backend answers (see Exchange.early_data), so a body could not be told apart from
+        # the new protocol's first bytes.
+        raise BadRequest("an upgrade request cannot carry a body")
     target = fields.target
     if target[:1] != b"/":
         target = origin_form(fields, target)

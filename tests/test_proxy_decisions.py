@@ -31,6 +31,13 @@ def test_request_body_limits_and_codings() -> None:
     assert coding.value.status == 501 and "gzip, chunked" in coding.value.detail
 
 
+def test_has_content() -> None:
+    assert not framing.has_content(framing.NONE, None)
+    assert not framing.has_content(framing.LENGTH, b"0")
+    assert framing.has_content(framing.LENGTH, b"1")
+    assert framing.has_content(framing.CHUNKED, None)
+
+
 def test_request_framing_lines() -> None:
     assert framing.request_framing(framing.NONE, None, False, None) == b""
     assert framing.request_framing(framing.LENGTH, b" 5 ", False, None) == b"Content-Length: 5\r\n"

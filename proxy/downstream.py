@@ -1,13 +1,17 @@
 """The client side: an asyncio.Protocol parsing HTTP/1.1 with httptools (the fast path).
 
 Each request becomes an `Exchange`. Pipelined requests queue behind the active one and are
-answered in order. After a 101 the connection becomes a raw byte tunnel to the backend.
+answered in order; at most PIPELINE_DEPTH of them, then the rest of what the client sent is
+kept unparsed (at most one read) and the socket is not read until the queue shrinks. To make
+that possible the parser is fed one message head at a time (`_feed`). After a 101 the
+connection becomes a raw byte tunnel to the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from typing import cast
 
@@ -17,12 +21,26 @@ from . import fastpath, headers, request
 from .context import CLIENT_IDLE_TIMEOUT, Context
 from .errors import BadRequest, ProxyError
 from .exchange import PAUSE_PIPELINE, Exchange
+from .framing import LENGTH
 from .request import RequestFields, RequestHead
 from .tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
 LINGER = 2.0  # seconds to keep reading (and discarding) after answering an unread request
+# Parsed requests one connection may queue behind the one being answered. They are answered
+# one after another anyway, so parsing further ahead would only hold memory.
+PIPELINE_DEPTH = 8
+
+# RFC 9110 §9.1: a method is a token, and the set is extensible. llhttp knows a fixed list, so
+# any other token is parsed as a POST (its framing rules are the same for every method but
+# CONNECT) and forwarded under its own name.
+_NATIVE_METHODS = frozenset(
+    {b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"TRACE", b"PATCH", b"CONNECT"}
+)
+_NATIVE_STARTS = tuple(m + b" " for m in _NATIVE_METHODS)
+_METHOD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) ")
+_END = b"\r\n\r\n"
 
 
 class ClientConnection(asyncio.Protocol):
@@ -31,7 +49,7 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.peer = ""
         self.trusted = False
         self.local_host = b"localhost"
@@ -48,6 +66,13 @@ class ClientConnection(asyncio.Protocol):
         self.upgrading: Exchange | None = None
         self.last_activity = 0.0
         self.header_bytes = 0
+        self.failed = False  # the request stream is broken: nothing more is parsed
+        self._method: bytes | None = None  # an extension method, parsed as a POST
+        self._body_left = 0  # Content-Length bytes still to come for the message being parsed
+        self._tail = 0  # bytes of a CRLFCRLF the last piece ended with (0-3)
+        self._carry = b""  # the start of a request line whose method is not complete yet
+        self._unparsed = b""  # input kept back while the pipeline is full, from _unparsed_at
+        self._unparsed_at = 0
         self._fwd_host: bytes | None = None
         self._fwd_block = b""
 
@@ -79,7 +104,14 @@ class ClientConnection(asyncio.Protocol):
             self.upgrading.early_data(data)
             return
         self.last_activity = self.ctx.now
-        if (
+        if self._unparsed:  # a read that was under way when reading was paused
+            self._unparsed = self._unparsed[self._unparsed_at :] + data
+            self._unparsed_at = 0
+            return
+        if self._carry:
+            data = self._carry + data
+            self._carry = b""
+        elif (
             self.fields is None
             and self.ex is None
             and self.active is None
@@ -90,18 +122,110 @@ class ClientConnection(asyncio.Protocol):
             if simple is not None:
                 self._simple_request(*simple)
                 return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade_requested(data[exc.args[0] :])
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if not isinstance(cause, ProxyError):
-                log.error("internal error handling a request from %s", self.peer, exc_info=cause)
-                cause = ProxyError("internal proxy error", 500)
-            self._parse_failed(cause)
-        except httptools.HttpParserError as exc:
-            self._parse_failed(BadRequest(f"malformed request: {exc}"))
+        self._feed(data)
+
+    def _feed(self, data: bytes, pos: int = 0) -> None:
+        """Parse `data` from `pos`, in pieces that end where a message head or body ends.
+
+        Message boundaries are where the pipeline may stop (the rest is kept, unparsed, in
+        `_unparsed`) and where a request line starts (an extension method is rewritten).
+        """
+        parser = self.parser
+        if parser is None:
+            return  # closed
+        end = len(data)
+        view: memoryview | None = None
+        while pos < end and not self.failed:
+            skip = 0  # bytes of `data` the piece's first `len(prefix)` bytes stand for
+            prefix = b""
+            if self.fields is None and self.ex is None:  # at a message boundary
+                if len(self.queue) >= PIPELINE_DEPTH:
+                    self._unparsed, self._unparsed_at = data, pos
+                    self.set_paused(PAUSE_PIPELINE, True)
+                    return
+                if not data.startswith(_NATIVE_STARTS, pos):
+                    # Only unusual starts are looked at: an extension method, a partial one.
+                    skip = self._extension_method(data, pos)
+                    if skip < 0:
+                        self._carry = data[pos:]  # the method has not fully arrived yet
+                        return
+                    if skip:
+                        prefix = b"POST"
+            cut = self._piece_end(data, pos, end)
+            if prefix:
+                piece: bytes | memoryview = prefix + data[pos + skip : cut]
+            elif pos == 0 and cut == end:
+                piece = data
+            else:
+                if view is None:
+                    view = memoryview(data)
+                piece = view[pos:cut]
+            try:
+                parser.feed_data(piece)
+            except httptools.HttpParserUpgrade as exc:
+                at = exc.args[0]
+                self._upgrade_requested(data[pos + skip + at - len(prefix) :])
+                return
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if not isinstance(cause, ProxyError):
+                    log.error(
+                        "internal error handling a request from %s", self.peer, exc_info=cause
+                    )
+                    cause = ProxyError("internal proxy error", 500)
+                self._parse_failed(cause)
+                return
+            except httptools.HttpParserError as exc:
+                self._parse_failed(BadRequest(f"malformed request: {exc}"))
+                return
+            pos = cut
+
+    def _piece_end(self, data: bytes, pos: int, end: int) -> int:
+        """Where the next piece to feed ends: after the next CRLFCRLF, or the body's last byte."""
+        left = self._body_left
+        if left:
+            return min(end, pos + left)
+        tail = self._tail
+        if tail:
+            # The previous piece ended inside a CRLFCRLF: it may end right here.
+            rest = 4 - tail
+            if data[pos : pos + rest] == _END[tail:]:
+                self._tail = 0
+                return pos + rest
+        i = data.find(_END, pos, end)
+        if i >= 0:
+            self._tail = 0
+            return i + 4
+        self._tail = (
+            3
+            if data.endswith(b"\r\n\r")
+            else 2
+            if data.endswith(b"\r\n")
+            else 1
+            if data.endswith(b"\r")
+            else 0
+        )
+        return end
+
+    def _extension_method(self, data: bytes, pos: int) -> int:
+        """Length of the method + preceding empty lines at `pos` if it is an extension method.
+
+        0 when the parser can read the request line as it is (a method it knows, or
+        something that is not a token at all, which it answers with 400); -1 when the method
+        has not fully arrived yet. An extension method is kept in `_method`.
+        """
+        start = pos
+        while data.startswith(b"\r\n", start):  # empty lines before a request are ignored
+            start += 2
+        m = _METHOD.match(data, start)
+        if m is None:
+            incomplete = len(data) - start < 33 and data.find(b" ", start) < 0
+            return -1 if incomplete else 0
+        method = m.group(1)
+        if method in _NATIVE_METHODS:
+            return 0
+        self._method = method
+        return m.end(1) - pos
 
     def eof_received(self) -> bool:
         tunnel = self.tunnel
@@ -115,16 +239,24 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.client_gone(self)
-        active = self.active
+        active, queue, ex = self.active, self.queue, self.ex
+        # The parser and the transport refer back to this connection: without dropping them,
+        # every closed connection would wait for the cyclic garbage collector (and hold its
+        # memory until it runs).
+        self.parser = None
+        self.transport = None
+        self.active = self.ex = self.upgrading = None
+        self.tunnel = None
+        self._unparsed = self._carry = b""
         if active is not None:
             if active.tunnel is not None:
                 active.end_tunnel()
             active.abort()
-        for ex in self.queue:
+        for queued in queue:
+            queued.abort()
+        queue.clear()
+        if ex is not None:
             ex.abort()
-        self.queue.clear()
-        if self.ex is not None:
-            self.ex.abort()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -190,7 +322,13 @@ class ClientConnection(asyncio.Protocol):
         assert fields is not None
         self.fields = None
         parser = self.parser
-        fields.method = parser.get_method()
+        assert parser is not None
+        method = self._method
+        if method is not None:
+            self._method = None
+            fields.method = method
+        else:
+            fields.method = parser.get_method()
         fields.http10 = parser.get_http_version() == "1.0"
         fields.keep_alive = parser.should_keep_alive() and not self.closing
         fields.upgrade = parser.should_upgrade()
@@ -206,17 +344,22 @@ class ClientConnection(asyncio.Protocol):
         except ProxyError as err:
             ex = Exchange(self, RequestHead.rejected(fields), err)
         self.ex = ex
+        if ex.head.body == LENGTH and fields.content_length is not None:
+            self._body_left = int(fields.content_length)
         if self.discarding or (self.closing and self.active is not None):
             ex.done = True  # no new work on a closing connection; its body is ignored
             return
         self._enqueue(ex)
 
     def on_body(self, body: bytes) -> None:
+        if self._body_left:
+            self._body_left -= len(body)
         ex = self.ex
         if ex is not None:
             ex.body(body)
 
     def on_message_complete(self) -> None:
+        self._body_left = 0
         ex = self.ex
         self.ex = None
         if ex is not None:
@@ -289,10 +432,23 @@ class ClientConnection(asyncio.Protocol):
             return
         if self.queue:
             nxt = self.queue.popleft()
-            if not self.queue:
-                self.set_paused(PAUSE_PIPELINE, False)
             self.active = nxt
+            if self._unparsed:
+                # Room in the pipeline again; parsed on the next turn of the loop, since this
+                # may run inside a parser callback.
+                asyncio.get_running_loop().call_soon(self._parse_unparsed)
+            elif not self.queue:
+                self.set_paused(PAUSE_PIPELINE, False)
             nxt.start()
+
+    def _parse_unparsed(self) -> None:
+        data = self._unparsed
+        if not data or self.closed or len(self.queue) >= PIPELINE_DEPTH:
+            return
+        self._unparsed = b""
+        self._feed(data, self._unparsed_at)
+        if not self._unparsed and not self.queue:
+            self.set_paused(PAUSE_PIPELINE, False)
 
     def _linger(self) -> None:
         # Closing while the client is still sending would reset the connection and could
@@ -305,7 +461,8 @@ class ClientConnection(asyncio.Protocol):
         asyncio.get_running_loop().call_later(LINGER, self.close)
 
     def _parse_failed(self, err: ProxyError) -> None:
-        self.closing = True
+        self.failed = self.closing = True
+        self._unparsed = self._carry = b""
         ex = self.ex
         self.ex = None
         fields = self.fields

@@ -494,6 +494,7 @@ class Exchange:
 
     def _finish(self, close: bool, *, abort: bool = False) -> None:
         self.done = True
+        self.relay = None  # it refers back to this exchange
         client = self.client
         route = self.head.route
         status = self.status
@@ -519,6 +520,7 @@ class Exchange:
             else:
                 conn.abort()
         self.tunnel = None
+        self.relay = None
         if self.backend is not None:
             self.backend.release()
             self.backend = None

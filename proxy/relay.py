@@ -58,7 +58,7 @@ class ResponseRelay:
         self._head = head
         self._write = write
         self._must_close = must_close  # asked when the final head arrives
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._out: list[bytes] = []
         self._lines: list[bytes] = []
         self._te: bytes | None = None
@@ -80,18 +80,22 @@ class ResponseRelay:
 
     def feed(self, data: bytes) -> int:
         """Parse one read from the backend and write what it produced; MORE, DONE, UPGRADED or BROKEN."""
+        parser = self._parser
+        assert parser is not None, "fed after the end of its response"
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             if self.finished:
                 self.reusable = False  # a second message in the same read
             elif self.status != 101 or not self._head.upgrade:
                 self._out.clear()
                 self.problem = "switched protocols unasked"
+                self._parser = None
                 return BROKEN
             else:
                 self.extra = data[exc.args[0] :]
                 self._flush()
+                self._parser = None
                 return UPGRADED
         except httptools.HttpParserError as exc:
             self._flush()
@@ -99,10 +103,14 @@ class ResponseRelay:
                 if isinstance(exc, httptools.HttpParserCallbackError):
                     log.error("internal error relaying a response", exc_info=exc)
                 self.problem = f"bad response: {exc}"
+                self._parser = None
                 return BROKEN
             self.reusable = False  # bytes after a complete response: not at a boundary
         self._flush()
-        return DONE if self.finished else MORE
+        if not self.finished:
+            return MORE
+        self._parser = None  # parser and relay refer to each other: free both now
+        return DONE
 
     def eof(self) -> bool:
         """The backend closed the connection: True if that ended the response (close-delimited)."""
@@ -146,7 +154,9 @@ class ResponseRelay:
     def on_headers_complete(self) -> None:
         if self.finished:
             return
-        status = self._parser.get_status_code()
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
         if status < 200 and status != 101:
             self._interim(status)
             return
@@ -183,7 +193,7 @@ class ResponseRelay:
             # one on this connection gets a new relay (and parser).
             framed = framing.reusable_after_head(head_request, self.has_length, self._te)
             self.finished = True
-            self.reusable = framed and self._parser.should_keep_alive()
+            self.reusable = framed and parser.should_keep_alive()
 
     def _interim(self, status: int) -> None:
         # 100 Continue and friends: relayed to HTTP/1.1 clients, the final response follows.
@@ -214,8 +224,10 @@ class ResponseRelay:
             return  # end of an interim (1xx) message, of a bodiless one, or a tunnel's start
         if self.mode == CHUNK:
             self._out.append(b"0\r\n\r\n")
+        parser = self._parser
+        assert parser is not None
         self.finished = True
-        self.reusable = self._parser.should_keep_alive()
+        self.reusable = parser.should_keep_alive()
 
     def _flush(self) -> None:
         out = self._out

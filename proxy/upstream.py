@@ -71,6 +71,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.transport = None  # it refers back to this protocol: no cycle left to collect
+        self.tunnel = None
         handler = self.handler
         if handler is not None:
             self.handler = None

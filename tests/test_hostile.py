@@ -10,14 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import cast
 
-import httptools
+import h11
+import psutil
 import pytest
 
 from config.model import RouteSpec
+from supervisor.ports import free_port
+from tests.conftest import APPS
 from tests.test_proxy_support import (
     Proxy,
     Runner,
@@ -69,18 +77,16 @@ class Recording:
 
 
 class _Recorder(asyncio.Protocol):
+    """One backend connection: records the raw bytes and parses them with h11 (strict)."""
+
     def __init__(self, rec: Recording) -> None:
         self.rec = rec
         self.raw = bytearray()
         rec.raw.append(self.raw)
         self.transport: asyncio.Transport | None = None
-        self.tunnel = False
-        self._new_parser()
-
-    def _new_parser(self) -> None:
-        self.parser = httptools.HttpRequestParser(self)
+        self.h11 = h11.Connection(h11.SERVER)
         self.seen: Seen | None = None
-        self.url = b""
+        self.tunnel = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's do not subclass it
@@ -90,54 +96,38 @@ class _Recorder(asyncio.Protocol):
         if self.tunnel:
             self._write(b"echo:" + data)
             return
-        while data:
+        self.h11.receive_data(data)
+        self._events()
+
+    def eof_received(self) -> None:
+        if not self.tunnel:
+            self.h11.receive_data(b"")
+
+    def _events(self) -> None:
+        while True:
             try:
-                self.parser.feed_data(data)
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                self.rec.malformed.append(f"{exc}: {bytes(self.raw)[-300:]!r}")
+                self._close()
                 return
-            except httptools.HttpParserUpgrade as exc:
-                rest = data[exc.args[0] :]
-                if self.rec.accept_upgrades:
-                    self.tunnel = True
-                    if rest:
-                        self._write(b"echo:" + rest)
-                    return
-                # Refused: like many servers, read what follows as the next request. A proxy
-                # that forwarded bytes behind the upgrade request would be caught here.
-                self._new_parser()
-                data = rest
-            except httptools.HttpParserError as exc:
-                self.rec.malformed.append(f"{exc}: {bytes(self.raw)[-200:]!r}")
-                if self.transport is not None:
-                    self.transport.close()
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                if event is h11.PAUSED and self.h11.our_state is h11.DONE:
+                    self.h11.start_next_cycle()  # keep-alive: the next request
+                    continue
+                return
+            if isinstance(event, h11.Request):
+                self.seen = Seen(event.method, event.target, list(event.headers))
+                self.seen.upgrade = any(k == b"upgrade" for k, _ in event.headers)
+            elif isinstance(event, h11.Data):
+                assert self.seen is not None
+                self.seen.body += bytes(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._answer()
+            elif isinstance(event, h11.ConnectionClosed):
                 return
 
-    def _write(self, data: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        self.seen = Seen(b"", b"", [])
-        self.url = b""
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.seen is not None
-        self.seen.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        assert self.seen is not None
-        self.seen.method = self.parser.get_method()
-        self.seen.target = self.url
-        self.seen.upgrade = self.parser.should_upgrade()
-
-    def on_body(self, body: bytes) -> None:
-        assert self.seen is not None
-        self.seen.body += body
-
-    def on_message_complete(self) -> None:
+    def _answer(self) -> None:
         seen = self.seen
         assert seen is not None
         self.rec.requests.append(seen)
@@ -147,12 +137,36 @@ class _Recorder(asyncio.Protocol):
                 b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: %s\r\n\r\n"
                 % value
             )
+            self.tunnel = True
+            rest, _ = self.h11.trailing_data
+            if rest:
+                self._write(b"echo:" + bytes(rest))
             return
         answer = self.rec.respond(seen)
         if answer is None:
-            self.rec.held.append(self._write)
+            self.rec.held.append(self._write_and_continue)
         else:
-            self._write(answer)
+            self._write_and_continue(answer)
+
+    def _write_and_continue(self, answer: bytes) -> None:
+        # The answer is written raw (a test may send anything); h11 is told it was a plain
+        # response so that it parses what follows as the next request, as many servers do
+        # after refusing an upgrade.
+        self._write(answer)
+        if self.h11.our_state is h11.SEND_RESPONSE:
+            self.h11.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
+            self.h11.send(h11.EndOfMessage())
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+            self._events()
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 @contextlib.asynccontextmanager
@@ -325,5 +339,231 @@ def test_two_responses_in_one_read_relay_the_first_and_drop_the_connection(
             # The extra response made the connection unusable: each request got a fresh one.
             assert len(rec.raw) == 2
             assert [s.target for s in rec.requests] == [b"/public/0", b"/public/1"]
+
+    run(scenario())
+
+
+# --- 2. pipelining is bounded per connection -------------------------------------------------------
+
+
+def pipelined(n: int, path: bytes = b"/public/p") -> bytes:
+    return b"".join(b"GET %s%d HTTP/1.1\r\nHost: t\r\n\r\n" % (path, i) for i in range(n))
+
+
+def test_a_deep_pipeline_is_parsed_a_few_requests_ahead_and_answered_in_order(
+    run: Runner, no_internal_errors: object
+) -> None:
+    async def scenario() -> None:
+        async with hostile_setup() as (rec, p):
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            n = 3000
+            writer.write(pipelined(n))  # ~100 KB, and nothing is read for now
+            await wait_until(lambda: len(rec.requests) >= 50, what="requests upstream")
+            for client in p.server._ctx.clients:  # white-box: what the proxy holds
+                assert len(getattr(client, "queue", ())) <= 8
+            for i in range(n):
+                resp = await read_response(reader)
+                assert resp.status == 200 and resp.body == b"seen GET /public/p%d\n" % i
+            writer.close()
+            assert [s.target for s in rec.requests] == [b"/public/p%d" % i for i in range(n)]
+            await still_serves(p, rec)
+
+    run(scenario(), timeout=60)
+
+
+@contextlib.contextmanager
+def spawned(argv: list[str], **kw: object) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process, terminated (then killed) and reaped on exit."""
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_http(port: int, timeout: float = 15.0) -> None:
+    async def answers() -> bool:
+        try:
+            (resp,) = await raw_exchange(port, b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+        except OSError:
+            return False
+        return resp.status == 200
+
+    deadline = time.monotonic() + timeout
+    while not await answers():
+        assert time.monotonic() < deadline, f"nothing answers on port {port}"
+        await asyncio.sleep(0.05)
+
+
+async def settled_rss(proc: psutil.Process, timeout: float = 8.0) -> int:
+    """The peak RSS of `proc` until it stops working (CPU time flat for 0.5 s) or `timeout`.
+
+    (With small answers the proxy can work through the whole flood, the kernel's buffers
+    absorbing the answers; what it holds per connection is set up in the first moments.)
+    """
+    deadline = time.monotonic() + timeout
+    peak = 0
+    last_cpu, flat_since = -1.0, time.monotonic()
+    while time.monotonic() < deadline:
+        peak = max(peak, proc.memory_info().rss)
+        cpu = sum(proc.cpu_times()[:2])
+        if cpu != last_cpu:
+            last_cpu, flat_since = cpu, time.monotonic()
+        elif time.monotonic() - flat_since > 0.5:
+            return peak
+        await asyncio.sleep(0.02)
+    return peak
+
+
+MB = 1024 * 1024
+
+
+def test_pipelined_floods_that_never_read_hold_bounded_memory() -> None:
+    """Issue 7.2: 200 connections x 256 KB of pipelined GETs, never read: RSS grows < 64 MB."""
+    backend_port, proxy_port = free_port(), free_port()
+    env = {**os.environ, "PORT": str(backend_port)}
+    backend = [sys.executable, str(APPS / "web.py")]
+    corral = [sys.executable, "-m", "supervisor", "proxy", "--listen", f"127.0.0.1:{proxy_port}"]
+    corral += ["--backend", f"127.0.0.1:{backend_port}"]
+
+    async def flood(proc: psutil.Process) -> tuple[int, int, int]:
+        await wait_http(backend_port)
+        await wait_http(proxy_port)
+        for _ in range(20):
+            await wait_http(proxy_port)  # warm: imports, first allocations
+        base = proc.memory_info().rss
+        payload = pipelined(256 * 1024 // 34, b"/x")
+        writers = []
+        for _ in range(200):
+            # A small receive window, as a client holding the proxy's resources would use:
+            # the proxy's answers back up at once instead of filling megabytes of kernel
+            # buffers first (which would only make the test slow).
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proxy_port))
+            _, writer = await asyncio.open_connection(sock=sock)
+            writer.write(payload)  # and never read the answers
+            writers.append(writer)
+        peak = await settled_rss(proc)
+        for writer in writers:
+            writer.transport.abort()
+        await wait_until(lambda: len(proc.net_connections()) < 20, what="connections closed")
+        after = await settled_rss(proc)
+        await wait_http(proxy_port)  # and it still serves
+        return base, peak, after
+
+    with spawned(backend, env=env), spawned(corral) as proxy:
+        base, peak, after = asyncio.run(flood(psutil.Process(proxy.pid)))
+    print(
+        f"proxy RSS: {base / MB:.1f} MB before, {peak / MB:.1f} MB peak, {after / MB:.1f} MB after"
+    )
+    assert peak - base < 64 * MB
+    assert after - base < 16 * MB  # and it comes back (no connection waits for the GC)
+
+
+# --- 5. methods: any RFC 9110 token is forwarded, on both paths ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"FOO /public/m HTTP/1.1\r\nHost: t\r\n\r\n",  # the fast path (whole, bodiless)
+        b"FOO /public/m HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",  # the parser
+        b"FOO /public/m HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"\r\nfoo.bar-1 /public/m HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc",
+        b"PROPFIND /public/m HTTP/1.1\r\nHost: t\r\nDepth: 1\r\n\r\n",
+    ],
+)
+def test_extension_methods_are_forwarded_with_their_body(
+    run: Runner, request_bytes: bytes, no_internal_errors: object
+) -> None:
+    method = request_bytes.lstrip(b"\r\n").split(b" ", 1)[0]
+    body = b"abc" if b"abc" in request_bytes else b""
+
+    async def scenario() -> None:
+        async with hostile_setup() as (rec, p):
+            (resp,) = await raw_exchange(p.port, request_bytes)
+            assert resp.status == 200 and resp.body == b"seen %s /public/m\n" % method
+            (seen,) = rec.requests
+            assert (seen.method, seen.body) == (method, body)
+            await still_serves(p, rec)
+
+    run(scenario())
+
+
+def test_an_extension_method_split_across_reads_is_forwarded(
+    run: Runner, no_internal_errors: object
+) -> None:
+    async def scenario() -> None:
+        async with hostile_setup() as (rec, p):
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            writer.write(b"FROB")
+            await writer.drain()
+            await wait_until(lambda: held_unparsed(p) == 4, what="the proxy to read 4 bytes")
+            writer.write(b"NICATE /public/m HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx")
+            resp = await read_response(reader)
+            writer.close()
+            assert resp.status == 200 and resp.body == b"seen FROBNICATE /public/m\n"
+            assert [(s.method, s.body) for s in rec.requests] == [(b"FROBNICATE", b"x")]
+
+    run(scenario())
+
+
+def held_unparsed(p: Proxy) -> int:
+    """Bytes the proxy keeps back before parsing (white-box: for waiting, not asserting)."""
+    return sum(len(getattr(c, "_carry", b"")) for c in p.server._ctx.clients)
+
+
+def test_extension_methods_in_a_pipeline_keep_their_order(
+    run: Runner, no_internal_errors: object
+) -> None:
+    async def scenario() -> None:
+        async with hostile_setup() as (rec, p):
+            reqs = (
+                b"GET /public/1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"FOO /public/2 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+                b"BAR /public/3 HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /public/4 HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nyo"
+            )
+            resps = await raw_exchange(p.port, reqs, responses=4)
+            assert [r.body for r in resps] == [
+                b"seen GET /public/1\n",
+                b"seen FOO /public/2\n",
+                b"seen BAR /public/3\n",
+                b"seen POST /public/4\n",
+            ]
+            assert [(s.method, s.body) for s in rec.requests] == [
+                (b"GET", b""),
+                (b"FOO", b"hi"),
+                (b"BAR", b""),
+                (b"POST", b"yo"),
+            ]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"G@T /public/m HTTP/1.1\r\nHost: t\r\n\r\n", 400),  # not a token
+        (b"X" * 33 + b" /public/m HTTP/1.1\r\nHost: t\r\n\r\n", 400),  # longer than 32
+        (b"CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n", 405),
+    ],
+)
+def test_what_is_not_a_forwardable_method_is_refused(
+    run: Runner, request_bytes: bytes, status: int, no_internal_errors: object
+) -> None:
+    async def scenario() -> None:
+        async with hostile_setup() as (rec, p):
+            (resp,) = await raw_exchange(p.port, request_bytes)
+            assert resp.status == status and resp.header("Server") == "corral"
+            assert rec.received == b""
+            await still_serves(p, rec)
 
     run(scenario())

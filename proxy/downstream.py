@@ -139,7 +139,7 @@ class ClientConnection(asyncio.Protocol):
             skip = 0  # bytes of `data` the piece's first `len(prefix)` bytes stand for
             prefix = b""
             if self.fields is None and self.ex is None:  # at a message boundary
-                if len(self.queue) >= PIPELINE_DEPTH:
+                if self.queue and len(self.queue) >= PIPELINE_DEPTH:
                     self._unparsed, self._unparsed_at = data, pos
                     self.set_paused(PAUSE_PIPELINE, True)
                     return
@@ -151,7 +151,12 @@ class ClientConnection(asyncio.Protocol):
                         return
                     if skip:
                         prefix = b"POST"
-            cut = self._piece_end(data, pos, end)
+            left = self._body_left
+            cut = (
+                (pos + left if pos + left < end else end)
+                if left
+                else self._head_end(data, pos, end)
+            )
             if prefix:
                 piece: bytes | memoryview = prefix + data[pos + skip : cut]
             elif pos == 0 and cut == end:
@@ -180,11 +185,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             pos = cut
 
-    def _piece_end(self, data: bytes, pos: int, end: int) -> int:
-        """Where the next piece to feed ends: after the next CRLFCRLF, or the body's last byte."""
-        left = self._body_left
-        if left:
-            return min(end, pos + left)
+    def _head_end(self, data: bytes, pos: int, end: int) -> int:
+        """Where the next piece to feed ends: after the next CRLFCRLF (or at `end`)."""
         tail = self._tail
         if tail:
             # The previous piece ended inside a CRLFCRLF: it may end right here.

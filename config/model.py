@@ -137,6 +137,7 @@ class ProxySpec:
     eject_cooldown: float = 10.0
     access_log: bool = False
     workers: int = 1
+    max_connections: int | None = None  # None: derived from RLIMIT_NOFILE (proxy/limits.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from config.table import Table, show
 
 _ALLOWED = (
     *("listen", "timeouts", "retries", "retry_on_error", "max_body_size", "max_header_size"),
-    *("queue_timeout", "trusted_proxies", "eject", "access_log", "workers"),
+    *("queue_timeout", "trusted_proxies", "eject", "access_log", "workers", "max_connections"),
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -40,6 +40,9 @@ def read_proxy(top: Table) -> ProxySpec | None:
         eject_cooldown=eject.duration("cooldown", 10.0),
         access_log=table.flag("access_log", False),
         workers=table.integer("workers", 1, minimum=1),
+        max_connections=(
+            table.integer("max_connections", 1, minimum=1) if table.has("max_connections") else None
+        ),
     )
 
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
 from config.model import ProxySpec
 
+from .limits import default_max_connections, nofile_limit, reserve_for
 from .router import Router
+
+log = logging.getLogger(__name__)
 
 access_log = logging.getLogger("proxy.access")
 
@@ -36,6 +39,10 @@ class Context:
     def __init__(self, spec: ProxySpec, router: Router) -> None:
         self.router = router
         self.clients: set[Connection] = set()
+        self.upstream_open = 0  # backend connections open or being opened
+        self.full = False  # at max_connections: not accepting (see listener.py)
+        self.accept_pauses = 0
+        self.accept: Callable[[bool], None] = lambda on: None  # the listener's switch
         self.stopping = False
         self.errors: dict[int, int] = {}  # responses the proxy wrote itself, by status
         self.connections_total = 0
@@ -61,6 +68,18 @@ class Context:
         self.eject_failures = spec.eject_failures
         self.eject_cooldown = spec.eject_cooldown
         self.access_log = spec.access_log
+        limit = nofile_limit()
+        self.max_connections = spec.max_connections or default_max_connections(limit)
+        if 2 * self.max_connections + reserve_for(limit) // 2 > limit:
+            log.warning(
+                "proxy max_connections %d may need %d file descriptors; RLIMIT_NOFILE is %d",
+                self.max_connections,
+                2 * self.max_connections,
+                limit,
+            )
+        # Accepting resumes a little below the cap, so that a full proxy does not flip
+        # between accepting and not for every connection that closes.
+        self.resume_at = self.max_connections - max(1, self.max_connections // 20)
 
     def count_error(self, status: int) -> None:
         self.errors[status] = self.errors.get(status, 0) + 1
@@ -71,7 +90,39 @@ class Context:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
+    def client_added(self, client: Connection) -> None:
+        self.clients.add(client)
+        self.connections_total += 1
+        if len(self.clients) >= self.max_connections and not self.full:
+            self.full = True
+            self.accept_pauses += 1
+            log.warning(
+                "proxy: %d client connections (max_connections): not accepting more until "
+                "some close",
+                len(self.clients),
+            )
+            self.accept(False)
+
     def client_gone(self, client: Connection) -> None:
         self.clients.discard(client)
+        if self.full and len(self.clients) <= self.resume_at:
+            self.full = False
+            log.info("proxy: %d client connections: accepting again", len(self.clients))
+            if not self.stopping:
+                self.accept(True)
         if self.stopping and not self.clients:
             self.all_closed.set()
+
+    def shed_idle(self) -> None:
+        """Close the longest-idle keep-alive backend connection, if there is one."""
+        oldest = None
+        for pool in self.router.pools():
+            for b in pool.backends():
+                if b.idle and (oldest is None or b.idle[0].idle_since < oldest.idle[0].idle_since):
+                    oldest = b
+        if oldest is not None:
+            oldest.close_oldest_idle()
+
+    def room_for_upstream(self) -> bool:
+        """Whether one more backend connection fits the budget (clients count once each)."""
+        return len(self.clients) + self.upstream_open < 2 * self.max_connections

@@ -89,8 +89,7 @@ class ClientConnection(asyncio.Protocol):
             host = f"[{local[0]}]" if ":" in str(local[0]) else str(local[0])
             self.local_host = f"{host}:{local[1]}".encode()
         self.last_activity = ctx.now
-        ctx.clients.add(self)
-        ctx.connections_total += 1
+        ctx.client_added(self)
         if ctx.stopping:
             self.closing = True
             transport.close()

@@ -121,6 +121,8 @@ class Exchange:
             assert isinstance(conn, UpstreamConnection)
             self._attach(conn, reused=True)
         else:
+            if not ctx.room_for_upstream():
+                ctx.shed_idle()  # idle keep-alive connections give way to requests
             # Not cancelled when the client leaves: it notices `done` and closes the connection
             # (cancelling could lose a connection that was established a moment earlier).
             ctx.spawn(self._connect(b))
@@ -138,7 +140,7 @@ class Exchange:
 
     async def _connect(self, b: Backend) -> None:
         try:
-            conn = await connect(b, self.client.ctx.connect_timeout)
+            conn = await connect(b, self.client.ctx)
         except TimeoutError:
             if not self.done:
                 self._failed(f"connect to {b.addr} timed out", sent=False)
@@ -456,6 +458,7 @@ class Exchange:
                 and self.req_done
                 and not self.pending
                 and not conn.write_blocked
+                and self.client.ctx.room_for_upstream()
             ):
                 conn.idle_since = now
                 conn.pause_reading(False)

@@ -88,6 +88,30 @@ def render(ctx: Context, router: Router) -> str:
     )
     out.extend(
         prom.family(
+            "corral_proxy_max_connections",
+            "gauge",
+            "Client connections the proxy holds before it stops accepting.",
+            [f"corral_proxy_max_connections {ctx.max_connections}"],
+        )
+    )
+    out.extend(
+        prom.family(
+            "corral_proxy_accept_pauses_total",
+            "counter",
+            "Times the proxy stopped accepting because it held max_connections.",
+            [f"corral_proxy_accept_pauses_total {ctx.accept_pauses}"],
+        )
+    )
+    out.extend(
+        prom.family(
+            "corral_proxy_backend_connections",
+            "gauge",
+            "Open connections to backends (in use and idle).",
+            [f"corral_proxy_backend_connections {ctx.upstream_open}"],
+        )
+    )
+    out.extend(
+        prom.family(
             "corral_proxy_client_connections_total",
             "counter",
             "Client connections accepted.",

@@ -122,6 +122,11 @@ class Backend:
         self.idle.append(conn)
         return True
 
+    def close_oldest_idle(self) -> None:
+        """Close the idle connection unused for the longest (to free its descriptor)."""
+        if self.idle:
+            self.idle.pop(0).close()
+
     def discard(self, conn: IdleConnection) -> None:
         """An idle connection was closed by the backend."""
         try:

@@ -12,6 +12,7 @@ from config.model import ProxySpec
 from . import metrics
 from .context import Context
 from .downstream import ClientConnection
+from .listener import Listener
 from .router import Router
 
 log = logging.getLogger(__name__)
@@ -23,8 +24,9 @@ class ProxyServer:
     def __init__(self, spec: ProxySpec, router: Router) -> None:
         self._spec = spec
         self._router = router
-        self._ctx = Context(spec, router)
-        self._servers: list[asyncio.Server] = []
+        self._ctx = ctx = Context(spec, router)
+        self._listener = Listener(lambda: ClientConnection(ctx))
+        ctx.accept = self._listener.accept
         self._sweeper: asyncio.Task[None] | None = None
         if spec.workers > 1:
             log.warning("proxy workers = %d: only one worker is implemented; using 1", spec.workers)
@@ -36,33 +38,20 @@ class ProxyServer:
 
     async def start(self) -> list[tuple[str, int]]:
         """Bind every listen address; returns the bound (host, port) pairs (port 0 resolved)."""
-        loop = asyncio.get_running_loop()
-        ctx = self._ctx
-        addresses: list[tuple[str, int]] = []
-        try:
-            for host, port in self._spec.listen:
-                server = await loop.create_server(
-                    lambda: ClientConnection(ctx), host, port, reuse_address=True, backlog=2048
-                )
-                self._servers.append(server)
-                for sock in server.sockets:
-                    name = sock.getsockname()
-                    addresses.append((str(name[0]), int(name[1])))
-        except BaseException:
-            for server in self._servers:
-                server.close()
-            self._servers.clear()
-            raise
-        self._sweeper = loop.create_task(self._sweep(), name="proxy:sweeper")
-        log.info("proxy listening on %s", ", ".join(f"{h}:{p}" for h, p in addresses))
+        addresses = await self._listener.open(self._spec.listen)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="proxy:sweeper")
+        log.info(
+            "proxy listening on %s (max_connections %d)",
+            ", ".join(f"{h}:{p}" for h, p in addresses),
+            self._ctx.max_connections,
+        )
         return addresses
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let requests under way finish (up to `grace`), then close all."""
         ctx = self._ctx
         ctx.stopping = True
-        for server in self._servers:
-            server.close()
+        await self._listener.close()
         for client in list(ctx.clients):
             client.shutdown()
         if ctx.clients:
@@ -77,9 +66,6 @@ class ProxyServer:
                 )
                 for client in list(ctx.clients):
                     client.abort()
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from .tunnel import Tunnel
 
 if TYPE_CHECKING:
+    from .context import Context
     from .pool import Backend
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,9 @@ class Handler(Protocol):
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a backend."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, ctx: Context) -> None:
         self.backend = backend
+        self.ctx = ctx
         self.transport: asyncio.Transport | None = None
         self.handler: Handler | None = None
         self.tunnel: Tunnel | None = None  # set once upgraded
@@ -47,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         # uvloop's transports implement asyncio.Transport without subclassing it. (Both loops
         # already set TCP_NODELAY.)
         self.transport = cast(asyncio.Transport, transport)
+        self.ctx.upstream_open += 1
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -71,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.ctx.upstream_open -= 1
         self.transport = None  # it refers back to this protocol: no cycle left to collect
         self.tunnel = None
         handler = self.handler
@@ -119,11 +123,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.abort()
 
 
-async def connect(backend: Backend, timeout: float) -> UpstreamConnection:
+async def connect(backend: Backend, ctx: Context) -> UpstreamConnection:
     """A fresh connection to `backend`; raises OSError or TimeoutError."""
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(ctx.connect_timeout):
         _, proto = await loop.create_connection(
-            functools.partial(UpstreamConnection, backend), backend.host, backend.port
+            functools.partial(UpstreamConnection, backend, ctx), backend.host, backend.port
         )
     return proto

@@ -16,8 +16,12 @@ from .output import LogPrinter
 
 
 async def serve(plan: Plan, *, printer: LogPrinter | None, watch: bool = False) -> int:
+    from proxy.limits import raise_nofile_limit
+
     from .daemon import Daemon
     from .reload import Reloader
+
+    raise_nofile_limit()  # before the proxy derives its connection cap from it
 
     daemon = Daemon(plan)
     reloader = Reloader(daemon)
@@ -66,7 +70,10 @@ def proxy_blocking(
     """`corral proxy`: only the load balancer, with static backends."""
     import uvloop
 
+    from proxy.limits import raise_nofile_limit
     from proxy.standalone import run_standalone
+
+    raise_nofile_limit()  # before the proxy derives its connection cap from it
 
     async def go() -> int:
         stop = asyncio.Event()

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
+import resource
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import h11
@@ -25,7 +28,7 @@ import pytest
 
 from config.model import RouteSpec
 from supervisor.ports import free_port
-from tests.conftest import APPS
+from tests.conftest import APPS, web_service, write_config
 from tests.test_proxy_support import (
     Proxy,
     Runner,
@@ -567,3 +570,160 @@ def test_what_is_not_a_forwardable_method_is_refused(
             await still_serves(p, rec)
 
     run(scenario())
+
+
+# --- 3. the connection cap ----------------------------------------------------------------------
+
+
+def test_a_full_proxy_stops_accepting_and_resumes_below_the_cap(
+    run: Runner, no_internal_errors: object
+) -> None:
+    async def scenario() -> None:
+        async with hostile_setup(max_connections=20) as (rec, p):
+            # A keep-alive client from before the flood keeps being served during it.
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            idle = [await asyncio.open_connection(p.host, p.port) for _ in range(40)]
+            ctx = p.server._ctx
+            await wait_until(lambda: ctx.full, what="the proxy to stop accepting")
+            for i in range(3):
+                writer.write(b"GET /public/kept%d HTTP/1.1\r\nHost: t\r\n\r\n" % i)
+                assert (await read_response(reader)).status == 200
+            # Connections past the cap wait in the listen backlog, not accepted and dropped.
+            late_r, late_w = await asyncio.open_connection(p.host, p.port)
+            late_w.write(b"GET /public/late HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert len(ctx.clients) <= 20 + 1
+            assert "corral_proxy_accept_pauses_total 1" in p.server.metrics()
+            for _, w in idle:
+                w.close()
+            resp = await asyncio.wait_for(read_response(late_r), 5)
+            assert resp.status == 200 and resp.body == b"seen GET /public/late\n"
+            await wait_until(lambda: not ctx.full, what="accepting again")
+            for w in (writer, late_w):
+                w.close()
+            await still_serves(p, rec)
+
+    run(scenario())
+
+
+def unix_get(path: Path, target: str, timeout: float = 10.0) -> tuple[int, bytes]:
+    """One HTTP/1.0 GET over the daemon's control socket."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        s.sendall(f"GET {target} HTTP/1.0\r\nHost: corral\r\n\r\n".encode())
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def gauge(metrics: bytes, name: str) -> float:
+    for line in metrics.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in the metrics")
+
+
+def _low_fd_limit() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+
+FLOOD = 1500  # idle connections, more than the daemon's whole descriptor limit (1024)
+
+
+def test_an_fd_flood_leaves_supervision_working(tmp_path: Path) -> None:
+    """Issue 7.3: more idle connections than the daemon has descriptors; nothing else breaks."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < FLOOD + 200:
+        pytest.skip(f"the test process needs {FLOOD + 200} descriptors; its hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    proxy_port = free_port()
+    write_config(
+        tmp_path,
+        f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\n' + web_service("web", instances=2),
+    )
+    sock_path = tmp_path / ".corral" / "corral.sock"
+    log_path = tmp_path / "daemon.log"
+    argv = [sys.executable, "-m", "supervisor", "daemon", "-f", str(tmp_path / "corral.toml")]
+
+    def states() -> list[str]:
+        status, body = unix_get(sock_path, "/v1/ps")
+        assert status == 200, body
+        return [row["state"] for row in json.loads(body)]
+
+    async def flood() -> dict[str, float]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+        figures: dict[str, float] = {}
+        conns = []
+        for _ in range(FLOOD):
+            try:
+                conns.append(await asyncio.open_connection("127.0.0.1", proxy_port))
+            except OSError:  # the listen backlog is full: the kernel refuses the rest
+                break
+        figures["flood"] = len(conns)
+        await asyncio.sleep(0)
+        status, metrics = unix_get(sock_path, "/metrics")
+        assert status == 200
+        figures["held"] = gauge(metrics, "corral_proxy_client_connections")
+        figures["cap"] = gauge(metrics, "corral_proxy_max_connections")
+        figures["daemon_fds"] = psutil.Process(daemon.pid).num_fds()
+        assert gauge(metrics, "corral_proxy_accept_pauses_total") >= 1
+        assert figures["held"] <= figures["cap"] + 16
+        # During the flood: the control API answers, health checks pass (two seconds is ten
+        # probe intervals), and the proxy serves the connection it already had.
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            assert states() == ["ready", "ready"]
+            writer.write(b"GET /during HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert (await read_response(reader)).status == 200
+            await asyncio.sleep(0.2)
+        for _, w in conns:
+            w.transport.abort()
+        writer.close()
+
+        # And once the flood is gone, new connections are accepted again.
+        async def served() -> bool:
+            try:
+                (resp,) = await raw_exchange(proxy_port, b"GET /after HTTP/1.1\r\nHost: t\r\n\r\n")
+            except OSError:
+                return False
+            return resp.status == 200
+
+        deadline = time.monotonic() + 10
+        while not await served():
+            assert time.monotonic() < deadline, "the proxy does not accept after the flood"
+            await asyncio.sleep(0.1)
+        return figures
+
+    with (
+        open(log_path, "wb") as log_file,
+        spawned(
+            argv, cwd=tmp_path, stderr=log_file, preexec_fn=_low_fd_limit, start_new_session=True
+        ) as daemon,
+    ):
+        deadline = time.monotonic() + 30
+        while not (sock_path.exists() and _answers(sock_path) and states() == ["ready"] * 2):
+            assert daemon.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the stack did not come up"
+            time.sleep(0.05)
+        figures = asyncio.run(flood())
+        assert states() == ["ready", "ready"]
+        _, body = unix_get(sock_path, "/v1/events?n=1000")
+        events = [json.loads(line) for line in body.splitlines() if line.strip()]
+        assert not [e for e in events if e["new"] in ("unhealthy", "failed", "crashed")], events
+    text = log_path.read_text()
+    for bad in ("Too many open files", "EMFILE", "internal error", "Traceback"):
+        assert bad not in text, text[-3000:]
+    print(
+        f"fd flood: {figures['flood']:.0f} connections opened, the proxy held "
+        f"{figures['held']:.0f} (max_connections {figures['cap']:.0f}), daemon "
+        f"{figures['daemon_fds']:.0f} descriptors of 1024"
+    )
+
+
+def _answers(sock_path: Path) -> bool:
+    try:
+        return unix_get(sock_path, "/v1/status", timeout=2)[0] == 200
+    except OSError:
+        return False

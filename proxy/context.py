@@ -45,6 +45,7 @@ class Context:
         self.accept: Callable[[bool], None] = lambda on: None  # the listener's switch
         self.stopping = False
         self.errors: dict[int, int] = {}  # responses the proxy wrote itself, by status
+        self.client_timeouts: dict[str, int] = {}  # connections ended by a client deadline
         self.connections_total = 0
         self.tasks: set[asyncio.Task[None]] = set()
         self.all_closed = asyncio.Event()  # set when stopping and the last client left
@@ -59,6 +60,9 @@ class Context:
         self.connect_timeout = spec.connect_timeout
         self.read_timeout = spec.read_timeout
         self.idle_timeout = spec.idle_timeout
+        self.header_timeout = spec.header_timeout
+        self.body_timeout = spec.body_timeout
+        self.send_timeout = spec.send_timeout
         self.max_attempts = spec.retries + 1
         self.retry_idempotent = spec.retry_idempotent_errors
         self.max_body = spec.max_body_size
@@ -80,6 +84,9 @@ class Context:
         # Accepting resumes a little below the cap, so that a full proxy does not flip
         # between accepting and not for every connection that closes.
         self.resume_at = self.max_connections - max(1, self.max_connections // 20)
+
+    def count_client_timeout(self, kind: str) -> None:
+        self.client_timeouts[kind] = self.client_timeouts.get(kind, 0) + 1
 
     def count_error(self, status: int) -> None:
         self.errors[status] = self.errors.get(status, 0) + 1

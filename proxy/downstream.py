@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import socket
+import struct
 from collections import deque
 from typing import cast
 
@@ -19,7 +21,7 @@ import httptools
 
 from . import fastpath, headers, request
 from .context import CLIENT_IDLE_TIMEOUT, Context
-from .errors import BadRequest, ProxyError
+from .errors import BadRequest, ClientTimeout, ProxyError
 from .exchange import PAUSE_PIPELINE, Exchange
 from .framing import LENGTH
 from .request import RequestFields, RequestHead
@@ -41,6 +43,7 @@ _NATIVE_METHODS = frozenset(
 _NATIVE_STARTS = tuple(m + b" " for m in _NATIVE_METHODS)
 _METHOD = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]{1,32}) ")
 _END = b"\r\n\r\n"
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 class ClientConnection(asyncio.Protocol):
@@ -64,7 +67,9 @@ class ClientConnection(asyncio.Protocol):
         self.discarding = False  # answered early: swallow the rest of the request, then close
         self.tunnel: Tunnel | None = None
         self.upgrading: Exchange | None = None
-        self.last_activity = 0.0
+        self.last_activity = 0.0  # the last read from the client
+        self.head_since = 0.0  # when the request head being received began (0: none)
+        self.write_paused_since = 0.0
         self.header_bytes = 0
         self.failed = False  # the request stream is broken: nothing more is parsed
         self._method: bytes | None = None  # an extension method, parsed as a POST
@@ -88,7 +93,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(local, tuple):
             host = f"[{local[0]}]" if ":" in str(local[0]) else str(local[0])
             self.local_host = f"{host}:{local[1]}".encode()
-        self.last_activity = ctx.now
+        self.last_activity = self.head_since = ctx.now  # the first head is due from now on
         ctx.client_added(self)
         if ctx.stopping:
             self.closing = True
@@ -142,6 +147,8 @@ class ClientConnection(asyncio.Protocol):
                     self._unparsed, self._unparsed_at = data, pos
                     self.set_paused(PAUSE_PIPELINE, True)
                     return
+                if not self.head_since:
+                    self.head_since = self.ctx.now
                 if not data.startswith(_NATIVE_STARTS, pos):
                     # Only unusual starts are looked at: an extension method, a partial one.
                     skip = self._extension_method(data, pos)
@@ -261,11 +268,13 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.write_paused_since = self.ctx.now
         if self.active is not None:
             self.active.client_writable(False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.write_paused_since = 0.0
         if self.active is not None:
             self.active.client_writable(True)
 
@@ -322,6 +331,7 @@ class ClientConnection(asyncio.Protocol):
         fields = self.fields
         assert fields is not None
         self.fields = None
+        self.head_since = 0.0
         parser = self.parser
         assert parser is not None
         method = self._method
@@ -422,7 +432,7 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or self.closed:
             return
         if abort:
-            transport.abort()
+            self.reset()
             return
         if close or self.closing:
             self.closing = True
@@ -526,12 +536,45 @@ class ClientConnection(asyncio.Protocol):
 
     # --- the server's side (context.Connection) --------------------------------------------------
     def sweep(self, now: float) -> None:
-        """Enforce timeouts (called about once a second by the server's sweeper)."""
+        """Enforce the timeouts (called about once a second by the server's sweeper)."""
+        ctx = self.ctx
+        if self.write_paused_since and now - self.write_paused_since > ctx.send_timeout:
+            self._stopped_reading()
+            return
         ex = self.active
-        if ex is not None and ex.conn is not None:
-            ex.read_timed_out(now)
+        if ex is not None and ex.conn is not None and ex.read_timed_out(now):
+            return
+        if self.paused or self.failed or self.tunnel is not None or self.upgrading is not None:
+            return  # the proxy is not reading from this client: its deadlines wait
+        if self.ex is not None:
+            if now - self.last_activity > ctx.body_timeout:
+                ctx.count_client_timeout("body")
+                self._parse_failed(ClientTimeout(f"request body stalled for {ctx.body_timeout:g}s"))
+        elif self.head_since:
+            if now - self.head_since > ctx.header_timeout:
+                ctx.count_client_timeout("header")
+                if self.fields is None and not self._carry:
+                    self.close()  # not one byte of a request: nothing to answer
+                else:
+                    self._parse_failed(
+                        ClientTimeout(f"request head not received within {ctx.header_timeout:g}s")
+                    )
         elif self._idle_for(now) > CLIENT_IDLE_TIMEOUT:
             self.close()
+
+    def _stopped_reading(self) -> None:
+        # The client's fault: its backend is released without a failure, and the cut is a
+        # reset, so that a response delimited by the connection's end never looks complete.
+        ctx = self.ctx
+        ctx.count_client_timeout("send")
+        what = self.active.describe() if self.active is not None else "no request"
+        log.info(
+            "client %s stopped reading for %gs: connection reset (%s)",
+            self.peer,
+            ctx.send_timeout,
+            what,
+        )
+        self.reset()
 
     def _idle_for(self, now: float) -> float:
         """Seconds without progress from the client, 0 when an answer is under way."""
@@ -553,3 +596,16 @@ class ClientConnection(asyncio.Protocol):
         """Close at once, discarding anything unsent."""
         if self.transport is not None:
             self.transport.abort()
+
+    def reset(self) -> None:
+        """Close at once with a TCP reset: the client cannot mistake a cut for an end."""
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass  # closing already
+        transport.abort()

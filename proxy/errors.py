@@ -2,7 +2,8 @@
 
 ProxyError                 base; `status` is what the proxy answers, `detail` says why
   ├ ClientError            the client's fault (4xx): never charged to a backend
-  │   └ BadRequest         cannot be forwarded as sent (400, 404, 405, 413, 414, 431, 501)
+  │   ├ BadRequest         cannot be forwarded as sent (400, 404, 405, 413, 414, 431, 501)
+  │   └ ClientTimeout      the head or body did not arrive in time (408)
   └ UpstreamError          no usable answer from a backend (502: refused, reset, malformed)
       ├ NoBackend          no ready backend in the pool (503)
       └ UpstreamTimeout    no response within `timeouts.read` (504)
@@ -45,6 +46,12 @@ class ClientError(ProxyError):
 
 class BadRequest(ClientError):
     """The client sent something the proxy will not forward (400, 404, 405, 413, 414, 431, 501)."""
+
+
+class ClientTimeout(ClientError):
+    """The request head or body stalled past `timeouts.header` / `timeouts.body` (408)."""
+
+    status = 408
 
 
 class UpstreamError(ProxyError):

@@ -324,12 +324,18 @@ class Exchange:
         self._failed(why, sent=True, retryable=False)
 
     def upstream_write_blocked(self, blocked: bool) -> None:
+        # A backend that stops taking the request is silent too (timeouts.read, from now).
+        self.last_upstream = self.client.ctx.now
         self.client.set_paused(PAUSE_UPSTREAM, blocked)
 
     def client_writable(self, writable: bool) -> None:
         """The client's transport buffer crossed its high (False) or low (True) water mark."""
         if self.conn is not None:
             self.conn.pause_reading(not writable)
+            if writable:
+                # The read timeout measures the backend's silence, not the time the proxy
+                # was not listening because the client was slow.
+                self.last_upstream = self.client.ctx.now
 
     def read_timed_out(self, now: float) -> bool:
         """Called by the server's sweeper; True if the upstream read timeout fired."""
@@ -339,7 +345,8 @@ class Exchange:
             conn is None
             or self.done
             or self.tunnel is not None
-            or not self.req_done
+            or conn.read_paused  # the proxy is not reading (the client is slow): not silence
+            or not (self.req_done or conn.write_blocked)  # the client is still sending
             or now - self.last_upstream <= ctx.read_timeout
         ):
             return False

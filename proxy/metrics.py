@@ -80,6 +80,17 @@ def render(ctx: Context, router: Router) -> str:
     )
     out.extend(
         prom.family(
+            "corral_proxy_client_timeouts_total",
+            "counter",
+            "Client connections ended by the header, body or send timeout.",
+            (
+                f"corral_proxy_client_timeouts_total{prom.labels(kind=k)} {n}"
+                for k, n in sorted(ctx.client_timeouts.items())
+            ),
+        )
+    )
+    out.extend(
+        prom.family(
             "corral_proxy_client_connections",
             "gauge",
             "Open client connections.",

@@ -93,11 +93,14 @@ class ProxyServer:
         return metrics.render(self._ctx, self._router)
 
     async def _sweep(self) -> None:
-        # One periodic pass instead of a timer per request: read timeouts (504), idle upstream
-        # keep-alive connections, idle client connections.
+        # One periodic pass instead of a timer per request: read timeouts (504), client
+        # deadlines (header, body, send), idle keep-alive connections both ways.
         ctx = self._ctx
         while True:
-            await asyncio.sleep(max(0.02, min(1.0, ctx.read_timeout / 5, ctx.idle_timeout / 2)))
+            timeouts = (ctx.read_timeout, ctx.header_timeout, ctx.body_timeout, ctx.send_timeout)
+            await asyncio.sleep(
+                max(0.02, min(1.0, ctx.idle_timeout / 2, *(t / 5 for t in timeouts)))
+            )
             ctx.now = now = time.monotonic()
             for pool in self._router.pools():
                 pool.sweep(now - ctx.idle_timeout)

@@ -36,6 +36,7 @@ from tests.test_proxy_support import (
     raw_exchange,
     read_response,
     running_proxy,
+    running_raw_backend,
     wait_until,
 )
 
@@ -727,3 +728,182 @@ def _answers(sock_path: Path) -> bool:
         return unix_get(sock_path, "/v1/status", timeout=2)[0] == 200
     except OSError:
         return False
+
+
+# --- 4. client timeouts: header, body, send ---------------------------------------------------------
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """What the proxy sends until it closes the connection (which it must within `seconds`).
+
+    A client still sending when the proxy closes may get a reset instead of the answer (its
+    unread bytes make the kernel reset the connection): that counts as closed, with b"".
+    """
+    data = b""
+    async with asyncio.timeout(seconds):
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := await reader.read(65536):
+                data += chunk
+    return data
+
+
+def test_a_trickled_head_is_cut_at_the_header_timeout(
+    run: Runner, no_internal_errors: object
+) -> None:
+    # Issue 7.4 (scaled down): one header byte at a time, each well inside the idle timeout.
+    async def scenario() -> None:
+        async with hostile_setup(header_timeout=0.5) as (rec, p):
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            started = time.monotonic()
+
+            async def trickle() -> None:
+                with contextlib.suppress(ConnectionError):
+                    for byte in b"GET /public/slow HTTP/1.1\r\nHost: t\r\nX-A: " + b"a" * 100:
+                        writer.write(bytes([byte]))
+                        await writer.drain()
+                        await asyncio.sleep(0.05)
+
+            sender = asyncio.create_task(trickle())
+            answer = await closed_within(reader, 5)
+            sender.cancel()
+            writer.close()
+            assert answer == b"" or answer.startswith(b"HTTP/1.1 408 ")
+            assert 0.5 <= time.monotonic() - started < 2.0
+            assert rec.received == b""
+            assert 'corral_proxy_client_timeouts_total{kind="header"} 1' in p.server.metrics()
+            await still_serves(p, rec)
+
+    run(scenario())
+
+
+def test_a_silent_connection_is_closed_at_the_header_timeout(run: Runner) -> None:
+    async def scenario() -> None:
+        async with hostile_setup(header_timeout=0.3) as (rec, p):
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            assert await closed_within(reader, 5) == b""  # nothing to answer: just closed
+            writer.close()
+            await still_serves(p, rec)
+
+    run(scenario())
+
+
+def test_a_head_in_pieces_within_the_header_timeout_is_served(run: Runner) -> None:
+    async def scenario() -> None:
+        async with hostile_setup(header_timeout=1.0) as (rec, p):
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            writer.write(b"GET /public/ok HTTP/1.1\r\n")
+            await asyncio.sleep(0.2)  # a slow client, not a wait for anything
+            writer.write(b"Host: t\r\n\r\n")
+            resp = await read_response(reader)
+            assert resp.status == 200 and [s.target for s in rec.requests] == [b"/public/ok"]
+            writer.close()
+
+    run(scenario())
+
+
+def test_a_stalled_body_is_cut_at_the_body_timeout_and_frees_its_backend(
+    run: Runner, no_internal_errors: object
+) -> None:
+    async def scenario() -> None:
+        async with hostile_setup(body_timeout=0.5) as (rec, p):
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            writer.write(
+                b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 2000000000\r\n\r\nhi"
+            )
+            # The backend connection is held: the head and the first bytes went upstream.
+            await wait_until(lambda: rec.received.endswith(b"\r\n\r\nhi"), what="body upstream")
+            assert p.pool.snapshot()[0]["in_flight"] == 1
+            started = time.monotonic()
+            answer = await closed_within(reader, 5)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 408 ") and b"Connection: close" in answer
+            assert 0.4 <= time.monotonic() - started < 2.0
+            snap = p.pool.snapshot()[0]
+            assert (snap["in_flight"], snap["failures"]) == (0, 0)  # released, not charged
+            assert rec.requests == []  # the backend never got a whole request
+            await still_serves(p, rec)
+
+    run(scenario())
+
+
+BIG = 64 * 1024 * 1024
+_CHUNK = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"
+# Built once: making 64 MiB inside the backend's callback would stall the shared event loop.
+BIG_CHUNKED = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    + _CHUNK * (BIG // 0x10000)
+    + b"0\r\n\r\n"
+)
+
+
+def big_chunked(seen: Seen) -> bytes | None:
+    return BIG_CHUNKED if seen.target == b"/public/big" else ok(seen)
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+def test_a_client_that_stops_reading_is_reset_at_the_send_timeout(
+    run: Runner, version: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 7.4: the read timeout (shorter here) must not fire while the proxy waits for the
+    # client; the client is cut by its own deadline, the backend is not charged, and the cut is
+    # a reset, even for HTTP/1.0 where the connection's end would mark the body's end.
+    async def scenario() -> None:
+        spec = {"send_timeout": 1.5, "read_timeout": 0.5}
+        async with hostile_setup(Recording(respond=big_chunked), **spec) as (rec, p):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, (p.host, p.port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=1 << 20)
+            writer.write(b"GET /public/big HTTP/%s\r\nHost: t\r\n\r\n" % version)
+            got = len(await reader.read(100_000))
+            await wait_until(lambda: p.server._ctx.client_timeouts.get("send", 0) == 1, 10, "send")
+            with pytest.raises(ConnectionResetError):
+                while chunk := await reader.read(1 << 20):
+                    got += len(chunk)
+            writer.close()
+            assert got < BIG  # truncated, and never a clean end
+            snap = p.pool.snapshot()[0]
+            assert (snap["in_flight"], snap["failures"]) == (0, 0)
+            assert 504 not in p.server._ctx.errors
+            await still_serves(p, rec)
+
+    with caplog.at_level(logging.INFO, logger="proxy"):
+        run(scenario(), timeout=30)
+    assert any("stopped reading" in r.getMessage() for r in caplog.records)
+
+
+def test_a_backend_that_stops_taking_the_body_is_charged_at_the_read_timeout(
+    run: Runner, no_internal_errors: object
+) -> None:
+    # The other side of "timeouts.read measures backend silence": a backend not reading the
+    # request is silent too; the client, paused meanwhile, is not blamed by its body timeout.
+    async def scenario() -> None:
+        stop = asyncio.Event()
+
+        async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await stop.wait()  # never reads the body
+
+        async with running_raw_backend(deaf) as addr:
+            pool = make_pool([addr])
+            async with running_proxy(pool, read_timeout=0.5, body_timeout=0.3) as p:
+                reader, writer = await asyncio.open_connection(p.host, p.port)
+                writer.write(b"PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000\r\n\r\n")
+                sender = asyncio.create_task(_send_forever(writer))
+                resp = await asyncio.wait_for(read_response(reader), 10)
+                sender.cancel()
+                writer.close()
+                stop.set()
+                assert resp.status == 504 and "no response" in resp.body.decode()
+                assert p.pool.snapshot()[0]["failures"] == 1
+                assert "body" not in p.server._ctx.client_timeouts
+
+    run(scenario())
+
+
+async def _send_forever(writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while True:
+            writer.write(b"z" * 65536)
+            await writer.drain()

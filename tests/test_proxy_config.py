@@ -47,3 +47,26 @@ def test_the_default_follows_the_process_limit() -> None:
     soft = soft if soft != resource.RLIM_INFINITY else 1 << 20
     assert limits.nofile_limit() == soft
     assert limits.default_max_connections() == limits.default_max_connections(soft)
+
+
+def test_client_timeouts_default_like_nginx_except_the_header(tmp_path: Path) -> None:
+    spec = load_proxy(tmp_path, "[proxy]\n")
+    assert (spec.header_timeout, spec.body_timeout, spec.send_timeout) == (10.0, 60.0, 60.0)
+    spec = load_proxy(
+        tmp_path, '[proxy]\ntimeouts = { header = "2s", body = "30s", send = "1m", read = "5s" }\n'
+    )
+    assert (spec.header_timeout, spec.body_timeout, spec.send_timeout) == (2.0, 30.0, 60.0)
+    assert spec.read_timeout == 5.0
+
+
+@pytest.mark.parametrize("key", ["header", "body", "send"])
+def test_client_timeouts_must_be_positive_durations(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ConfigError, match=rf"proxy\.timeouts\.{key}"):
+        load_proxy(tmp_path, f'[proxy]\ntimeouts = {{ {key} = "0s" }}\n')
+    with pytest.raises(ConfigError, match=rf"proxy\.timeouts\.{key}"):
+        load_proxy(tmp_path, f'[proxy]\ntimeouts = {{ {key} = "soon" }}\n')
+
+
+def test_an_unknown_timeout_is_refused_with_a_hint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'header'"):
+        load_proxy(tmp_path, '[proxy]\ntimeouts = { headers = "2s" }\n')

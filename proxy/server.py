@@ -13,6 +13,7 @@ from . import metrics
 from .context import Context
 from .downstream import ClientConnection
 from .listener import Listener
+from .memory import Trimmer
 from .router import Router
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class ProxyServer:
         # One periodic pass instead of a timer per request: read timeouts (504), client
         # deadlines (header, body, send), idle keep-alive connections both ways.
         ctx = self._ctx
+        trimmer = Trimmer()
         while True:
             timeouts = (ctx.read_timeout, ctx.header_timeout, ctx.body_timeout, ctx.send_timeout)
             await asyncio.sleep(
@@ -106,3 +108,4 @@ class ProxyServer:
                 pool.sweep(now - ctx.idle_timeout)
             for client in list(ctx.clients):
                 client.sweep(now)
+            trimmer.observe(len(ctx.clients))

@@ -458,7 +458,10 @@ def test_pipelined_floods_that_never_read_hold_bounded_memory() -> None:
         for writer in writers:
             writer.transport.abort()
         await wait_until(lambda: len(proc.net_connections()) < 20, what="connections closed")
-        after = await settled_rss(proc)
+        # Memory comes back (the sweeper returns free heap pages once most clients are gone).
+        with contextlib.suppress(AssertionError):  # asserted below, with the figures
+            await wait_until(lambda: proc.memory_info().rss - base < 16 * MB, 10, "memory")
+        after = proc.memory_info().rss
         await wait_http(proxy_port)  # and it still serves
         return base, peak, after
 
@@ -468,7 +471,7 @@ def test_pipelined_floods_that_never_read_hold_bounded_memory() -> None:
         f"proxy RSS: {base / MB:.1f} MB before, {peak / MB:.1f} MB peak, {after / MB:.1f} MB after"
     )
     assert peak - base < 64 * MB
-    assert after - base < 16 * MB  # and it comes back (no connection waits for the GC)
+    assert after - base < 16 * MB  # and it comes back
 
 
 # --- 5. methods: any RFC 9110 token is forwarded, on both paths ------------------------------------

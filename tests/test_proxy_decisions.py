@@ -9,6 +9,7 @@ import pytest
 from proxy import framing
 from proxy.errors import BadRequest
 from proxy.framing import CHUNK, NO_BODY, PASS, UNTIL_CLOSE
+from proxy.memory import Trimmer
 from proxy.retry import Attempt, Decision, Retry, decide
 
 # --- request framing ------------------------------------------------------------------------------
@@ -179,3 +180,23 @@ def test_no_retry_once_the_client_has_bytes_or_the_response_was_malformed() -> N
     assert decided(attempt(sent=False, response_started=True)) == (Retry.NO, True)
     assert decided(attempt(sent=False, retryable=False)) == (Retry.NO, True)
     assert decided(attempt(reused=True, retryable=False)) == (Retry.NO, False)
+
+
+# --- giving memory back ----------------------------------------------------------------------------
+
+
+def test_the_heap_is_trimmed_once_a_burst_of_connections_is_over() -> None:
+    calls: list[int] = []
+    trimmer = Trimmer(lambda: calls.append(1))
+    for n in (10, 150, 300, 200, 151):
+        assert not trimmer.observe(n)  # still more than half of the peak
+    assert trimmer.observe(149) and calls == [1]
+    assert not trimmer.observe(100)  # the peak restarted from 149
+    assert trimmer.observe(10) and calls == [1, 1]
+
+
+def test_small_peaks_are_not_worth_a_trim() -> None:
+    calls: list[int] = []
+    trimmer = Trimmer(lambda: calls.append(1))
+    trimmer.observe(99)
+    assert not trimmer.observe(0) and calls == []

@@ -19,13 +19,15 @@ from . import errors, fastpath, headers, relay, retry
 from .context import PENDING_LIMIT, REPLAY_LIMIT, Context, access_log
 from .errors import NoBackend, ProxyError, UpstreamError, UpstreamTimeout
 from .framing import CHUNKED
+from .pool import WhenEmpty
 from .relay import ResponseRelay
 from .request import RequestHead
 from .tunnel import Tunnel
 from .upstream import UpstreamConnection, connect
 
 if TYPE_CHECKING:
-    from .pool import Backend, Pool
+    from .backend import Backend
+    from .pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +109,10 @@ class Exchange:
         key = self._hash_value(pool) if pool.balance is Balance.HASH else None
         b = pool.pick(key, self.tried)
         if b is None:
-            self.task = asyncio.get_running_loop().create_task(self._queue(pool))
+            if pool.when_empty is WhenEmpty.FAIL:
+                self.answer(NoBackend(f"no backend in pool {pool.name!r}: {pool.empty_reason}"))
+            else:
+                self.task = asyncio.get_running_loop().create_task(self._queue(pool))
             return
         b.in_flight += 1
         self.backend = b
@@ -133,8 +138,8 @@ class Exchange:
         self.task = None
         if self.done:
             return
-        if ok:
-            self._dispatch()
+        if ok or pool.when_empty is WhenEmpty.FAIL:
+            self._dispatch()  # (which answers at once when none can come)
         else:
             self.answer(NoBackend(f"no ready backend in pool {pool.name!r}"))
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 from . import prometheus as prom
+from .backend import LATENCY_BUCKETS
 from .context import Context
-from .pool import LATENCY_BUCKETS
 from .router import STATUS_CLASSES, Router
 
 

@@ -20,6 +20,9 @@ from .request import RequestHead
 
 log = logging.getLogger(__name__)
 
+# Connection tokens that name no header to strip, or one that must stay.
+_NOT_NAMED = frozenset({b"close", b"keep-alive", b"upgrade"}) | headers.KEEP_RESPONSE
+
 # What one `feed` achieved.
 MORE, DONE, UPGRADED, BROKEN = range(4)
 
@@ -167,8 +170,8 @@ class ResponseRelay:
             return  # refused in `feed` (a 502): nothing is relayed
         lines = self._lines
         if self._conn is not None:
-            named = headers.connection_tokens(self._conn) - {b"close", b"keep-alive"}
-            if named - {b"upgrade"}:
+            named = headers.connection_tokens(self._conn) - _NOT_NAMED
+            if named:
                 lines = headers.strip_named(lines, named)
         head_request = head.method == b"HEAD"
         f = framing.response_framing(

@@ -19,6 +19,9 @@ from .router import Route, Router
 # Builds a NamedTuple without its Python-level __new__ (a third of the cost, once per request).
 _new = tuple.__new__
 
+# Connection tokens that name no header to strip, or one that must stay.
+_NOT_NAMED = frozenset({b"close", b"keep-alive", b"upgrade"}) | headers.KEEP_REQUEST
+
 # Builds the X-Forwarded-* / Forwarded lines for a request (per connection, see downstream.py).
 Forwarded = Callable[["RequestFields | None", bytes | None], bytes]
 
@@ -112,11 +115,7 @@ def prepare(
         raise no_route(host, path)
     lines = fields.lines
     if fields.connection is not None:
-        named = headers.connection_tokens(fields.connection) - {
-            b"close",
-            b"keep-alive",
-            b"upgrade",
-        }
+        named = headers.connection_tokens(fields.connection) - _NOT_NAMED
         if named:
             lines = headers.strip_named(lines, named)
     if host is None:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Protocol, cast
 from .tunnel import Tunnel
 
 if TYPE_CHECKING:
+    from .backend import Backend
     from .context import Context
-    from .pool import Backend
 
 log = logging.getLogger(__name__)
 

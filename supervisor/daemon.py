@@ -202,6 +202,8 @@ class Daemon:
 
     def _emit_service(self, service: Service, new: str, detail: str) -> None:
         self.events.emit(Event("service", service=service.name, new=new, detail=detail))
+        if new == "failed":
+            self.traffic.service_failed(service.name, detail)
 
     def _schedule_save(self) -> None:
         # Starting or stopping 100 instances changes states hundreds of times within a second:

@@ -910,3 +910,53 @@ async def _send_forever(writer: asyncio.StreamWriter) -> None:
         while True:
             writer.write(b"z" * 65536)
             await writer.drain()
+
+
+# --- 5b. headers a client or a backend may not take away -------------------------------------------
+
+
+def test_connection_cannot_strip_host(run: Runner, no_internal_errors: object) -> None:
+    async def scenario() -> None:
+        async with hostile_setup() as (rec, p):
+            (resp,) = await raw_exchange(
+                p.port,
+                b"GET /public/h HTTP/1.1\r\nHost: shop.local\r\nConnection: host, X-Gone\r\n"
+                b"X-Gone: 1\r\n\r\n",
+            )
+            assert resp.status == 200
+            (seen,) = rec.requests
+            assert seen.header(b"host") == [b"shop.local"] and seen.header(b"x-gone") == []
+            await still_serves(p, rec)
+
+    run(scenario())
+
+
+def test_a_backend_connection_header_cannot_strip_the_framing(
+    run: Runner, no_internal_errors: object
+) -> None:
+    def sly(seen: Seen) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"
+
+    async def scenario() -> None:
+        async with hostile_setup(Recording(respond=sly)) as (rec, p):
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            for _ in range(2):  # still framed: the connection stays usable
+                writer.write(b"GET /public/f HTTP/1.1\r\nHost: t\r\n\r\n")
+                resp = await read_response(reader)
+                assert resp.header("Content-Length") == "5" and resp.body == b"hello"
+            writer.close()
+            assert len(rec.raw) == 1  # one backend connection, reused
+    run(scenario())
+
+
+def test_proxy_authorization_reaches_the_backend(run: Runner, no_internal_errors: object) -> None:
+    async def scenario() -> None:
+        async with hostile_setup() as (rec, p):
+            await raw_exchange(
+                p.port,
+                b"GET /public/a HTTP/1.1\r\nHost: t\r\nProxy-Authorization: Basic eA==\r\n\r\n",
+            )
+            (seen,) = rec.requests
+            assert seen.header(b"proxy-authorization") == [b"Basic eA=="]
+
+    run(scenario())

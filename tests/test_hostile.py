@@ -12,11 +12,14 @@ import contextlib
 import json
 import logging
 import os
+import re
 import resource
 import socket
+import string
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,9 @@ from typing import cast
 import h11
 import psutil
 import pytest
+import uvloop
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config.model import RouteSpec
 from supervisor.ports import free_port
@@ -946,6 +952,7 @@ def test_a_backend_connection_header_cannot_strip_the_framing(
                 assert resp.header("Content-Length") == "5" and resp.body == b"hello"
             writer.close()
             assert len(rec.raw) == 1  # one backend connection, reused
+
     run(scenario())
 
 
@@ -960,3 +967,289 @@ def test_proxy_authorization_reaches_the_backend(run: Runner, no_internal_errors
             assert seen.header(b"proxy-authorization") == [b"Basic eA=="]
 
     run(scenario())
+
+
+# --- generated requests (hypothesis) ---------------------------------------------------------------
+
+TCHAR = "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] [1-5][0-9][0-9]( [\t\x20-\x7e\x80-\xff]*)?")
+_FIELD_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*[\t\x20-\x7e\x80-\xff]*")
+_HOP_BY_HOP = (b"keep-alive", b"te", b"trailer", b"proxy-connection")
+_VISIBLE = string.ascii_letters + string.digits + " !\"#$%&'()*+,-./:;<=>?@[]^_`{|}~"
+_NAMES = [
+    b"Host",
+    b"Content-Length",
+    b"Transfer-Encoding",
+    b"Connection",
+    b"Upgrade",
+    b"Expect",
+    b"Keep-Alive",
+    b"TE",
+    b"Trailer",
+    b"X-Forwarded-For",
+    b"Forwarded",
+    b"Proxy-Authorization",
+    b"Proxy-Connection",
+    b"Cookie",
+]
+_VALUES = [
+    b"t",
+    b"0",
+    b"3",
+    b"12",
+    b"-1",
+    b"99999999999999999999",
+    b"chunked",
+    b"gzip, chunked",
+    b"chunked, gzip",
+    b"close",
+    b"keep-alive",
+    b"Upgrade",
+    b"host, x-a",
+    b"content-length",
+    b"websocket",
+    b"100-continue",
+    b"6.6.6.6",
+]
+
+
+@st.composite
+def header_fields(draw: st.DrawFn, wild: bool) -> bytes:
+    """One header line: from a well-formed, tricky set, or (wild) anything at all."""
+    if not wild:
+        name = draw(
+            st.sampled_from(_NAMES) | st.text(TCHAR, min_size=1, max_size=12).map(str.encode)
+        )
+        value = draw(st.sampled_from(_VALUES) | st.text(_VISIBLE, max_size=16).map(str.encode))
+        return name + b": " + value
+    name = draw(
+        st.one_of(
+            st.sampled_from(_NAMES),
+            st.text(TCHAR, min_size=1, max_size=12).map(str.encode),
+            st.binary(max_size=8),
+        )
+    )
+    value = draw(
+        st.one_of(
+            st.sampled_from(_VALUES),
+            st.text(string.printable, max_size=16).map(str.encode),
+            st.binary(max_size=12),
+        )
+    )
+    sep = draw(st.sampled_from([b": ", b":", b" : ", b":\t"]))
+    return name + sep + value
+
+
+@st.composite
+def requests(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """One request as bytes (often plausible, sometimes wild), and whether it is a HEAD."""
+    plausible = draw(st.booleans())
+    method = draw(
+        st.sampled_from([b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"FOO"])
+        if plausible
+        else st.one_of(
+            st.sampled_from([b"GET", b"POST", b"CONNECT", b"PRI", b"get"]),
+            st.text(TCHAR, min_size=1, max_size=10).map(str.encode),
+            st.binary(max_size=6),
+        )
+    )
+    target = draw(
+        st.one_of(
+            st.sampled_from(
+                [b"/public/x", b"/public", b"/ws", b"/upload", b"/admin", b"*", b"/public/a?b=%2F"]
+            ),
+            st.text(string.ascii_letters + string.digits + "-._~%/?=&", max_size=20).map(
+                lambda s: b"/public/" + s.encode()
+            ),
+            st.just(b"http://t/public/abs"),
+        )
+        if plausible
+        else st.binary(max_size=24)
+    )
+    version = (
+        b"HTTP/1.1"
+        if plausible
+        else draw(
+            st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2.0", b"http/1.1", b"HTTP/1.1 ", b""])
+        )
+    )
+    eol = b"\r\n" if plausible else draw(st.sampled_from([b"\r\n", b"\r\n", b"\n", b"\r"]))
+    body = draw(st.binary(max_size=40))
+    lines = [b"Host: t"] if plausible else []
+    if draw(st.booleans()):
+        lines.append(b"X-Forwarded-For: 6.6.6.6")  # a forgery: must never reach the backend
+    lines += draw(st.lists(header_fields(wild=not plausible), max_size=4))
+    framing = draw(st.sampled_from(["length", "chunked", "none", "wrong"]))
+    if framing == "length":
+        lines.append(b"Content-Length: %d" % len(body))
+    elif framing == "chunked":
+        lines.append(b"Transfer-Encoding: chunked")
+        body = (b"%x\r\n%s\r\n" % (len(body), body) if body else b"") + b"0\r\n\r\n"
+    elif framing == "wrong":
+        lines.append(b"Content-Length: %d" % (len(body) + draw(st.integers(-3, 3))))
+    head = method + b" " + target + b" " + version + eol + b"".join(ln + eol for ln in lines)
+    return head + eol + body, method == b"HEAD"
+
+
+def check_framing(raw: bytes, heads: list[bool], *, reset: bool) -> int:
+    """How many whole responses `raw` holds; fails on anything not well-framed.
+
+    A response may end early only if the connection was reset (a cut); a body delimited by
+    the connection's end must be last.
+    """
+    pos, n = 0, 0
+    while pos < len(raw):
+        end = raw.find(b"\r\n\r\n", pos)
+        if end < 0:
+            assert reset, f"a response head cut off by a clean close: {raw[pos:]!r}"
+            return n
+        lines = raw[pos:end].split(b"\r\n")
+        assert _STATUS_LINE.fullmatch(lines[0]), lines[0]
+        status = int(lines[0][9:12])
+        fields = []
+        for line in lines[1:]:
+            assert _FIELD_LINE.fullmatch(line), line
+            name, _, value = line.partition(b":")
+            fields.append((name.lower(), value.strip()))
+        lengths = [v for k, v in fields if k == b"content-length"]
+        codings = [v for k, v in fields if k == b"transfer-encoding"]
+        assert not (lengths and codings) and len(lengths) <= 1, fields
+        pos = end + 4
+        if 100 <= status < 200:
+            continue  # interim: the final response follows
+        own_error = (b"server", b"corral") in fields
+        head_request = heads[n] if n < len(heads) else False
+        if (head_request and not own_error) or status in (204, 304):
+            pass
+        elif codings:
+            assert codings[-1].lower().endswith(b"chunked"), codings
+            while True:
+                line_end = raw.find(b"\r\n", pos)
+                if line_end < 0:
+                    assert reset, "a chunked body cut off by a clean close"
+                    return n
+                size = int(raw[pos:line_end].split(b";")[0], 16)
+                pos = line_end + 2
+                if size == 0:
+                    assert raw[pos : pos + 2] == b"\r\n" or (reset and len(raw) < pos + 2)
+                    pos += 2
+                    break
+                if len(raw) < pos + size + 2:
+                    assert reset, "a chunk cut off by a clean close"
+                    return n
+                assert raw[pos + size : pos + size + 2] == b"\r\n"
+                pos += size + 2
+        elif lengths:
+            size = int(lengths[0])
+            if len(raw) < pos + size:
+                # The proxy's own answer to what it could not parse as a HEAD has a body;
+                # one to a HEAD it did parse has none. Either is followed by the close.
+                assert reset or (head_request and own_error and pos == len(raw)), "body cut"
+                return n
+            pos += size
+        else:
+            pos = len(raw)  # delimited by the close: nothing may follow it
+        n += 1
+    return n
+
+
+def check_forwarded(seen: Seen) -> None:
+    """What the backend got is something the proxy may forward."""
+    assert re.fullmatch(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+", seen.method), seen.method
+    assert seen.method != b"CONNECT"
+    path = seen.target.split(b"?", 1)[0]
+    assert any(path == r.encode() or path.startswith(r.encode() + b"/") for r in ROUTES), (
+        seen.target
+    )
+    assert len(seen.header(b"host")) == 1, seen.headers
+    assert seen.header(b"x-forwarded-for") == [b"127.0.0.1"]  # never the client's word
+    for name in _HOP_BY_HOP:
+        assert not seen.header(name), (name, seen.headers)
+    assert not (seen.header(b"content-length") and seen.header(b"transfer-encoding"))
+
+
+async def exercise(
+    p: Proxy, rec: Recording, data: bytes, cuts: list[int], heads: list[bool]
+) -> Counter[int]:
+    before = len(rec.requests)
+    reader, writer = await asyncio.open_connection(p.host, p.port)
+    raw, reset = b"", False
+    try:
+        last = 0
+        for cut in [*sorted(set(cuts)), len(data)]:
+            writer.write(data[last:cut])
+            last = cut
+            await asyncio.sleep(0)
+        # Until the proxy closes, or it answered everything and then stays quiet a moment.
+        async with asyncio.timeout(5):
+            while True:
+                done = check_framing(raw, heads, reset=True) >= len(heads)
+                try:
+                    chunk = await asyncio.wait_for(reader.read(65536), 0.03 if done else 2)
+                except TimeoutError:
+                    break
+                except ConnectionResetError:
+                    reset = True
+                    break
+                if not chunk:
+                    break
+                raw += chunk
+    finally:
+        writer.close()
+    check_framing(raw, heads, reset=reset)
+    for seen in rec.requests[before:]:
+        check_forwarded(seen)
+    assert not rec.malformed, rec.malformed
+    return Counter(int(m) for m in re.findall(rb"HTTP/1\.1 (\d\d\d) ", raw))
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def test_generated_requests_never_break_the_proxy() -> None:
+    """Whatever the client sends: no exception escapes the proxy, every response is well
+    framed, and nothing malformed, unrouted or with a forged X-Forwarded-For reaches the
+    backend. 120 examples per run (a few seconds)."""
+    errors = _Errors()
+    statuses: Counter[int] = Counter()
+    logging.getLogger("proxy").addHandler(errors)
+    spec = {"header_timeout": 0.3, "body_timeout": 0.3, "max_body_size": 4096}
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        setup = hostile_setup(**spec)
+        rec, p = runner.run(setup.__aenter__())
+        try:
+
+            @settings(
+                max_examples=int(os.environ.get("HYPOTHESIS_EXAMPLES", "120")),
+                deadline=None,
+                database=None,
+                print_blob=True,
+            )
+            @given(
+                st.lists(requests(), min_size=1, max_size=3),
+                st.lists(st.integers(min_value=0, max_value=400), max_size=2),
+            )
+            def check(reqs: list[tuple[bytes, bool]], cuts: list[int]) -> None:
+                # Only the first request may be a HEAD: behind a request whose framing was
+                # wrong, where the next one starts is the proxy's reading, not the generator's.
+                first, *rest = reqs
+                data = first[0] + b"".join(b"GET " + r[5:] if head else r for r, head in rest)
+                cuts = [c for c in cuts if c < len(data)]
+                heads = [first[1]] + [False] * len(rest)
+                statuses.update(runner.run(exercise(p, rec, data, cuts, heads)))
+                assert not errors.records, [r.getMessage() for r in errors.records]
+
+            check()
+            runner.run(still_serves(p, rec))
+        finally:
+            runner.run(setup.__aexit__(None, None, None))
+            logging.getLogger("proxy").removeHandler(errors)
+    # The generator reaches both the backend and the proxy's own refusals.
+    assert statuses[200] > 10 and statuses[400] > 10, statuses
+    print("statuses:", dict(sorted(statuses.items())))

@@ -74,6 +74,7 @@ class Context:
         self.access_log = spec.access_log
         limit = nofile_limit()
         self.max_connections = spec.max_connections or default_max_connections(limit)
+        self.fd_budget = 2 * self.max_connections  # client and backend connections together
         if 2 * self.max_connections + reserve_for(limit) // 2 > limit:
             log.warning(
                 "proxy max_connections %d may need %d file descriptors; RLIMIT_NOFILE is %d",
@@ -132,4 +133,4 @@ class Context:
 
     def room_for_upstream(self) -> bool:
         """Whether one more backend connection fits the budget (clients count once each)."""
-        return len(self.clients) + self.upstream_open < 2 * self.max_connections
+        return len(self.clients) + self.upstream_open < self.fd_budget

@@ -452,6 +452,7 @@ class Exchange:
 
     # --- endings ---------------------------------------------------------------------------------
     def _complete(self, reusable: bool, close: bool) -> None:
+        ctx = self.client.ctx
         now = time.monotonic()
         conn = self.conn
         self.conn = None
@@ -470,7 +471,7 @@ class Exchange:
                 and self.req_done
                 and not self.pending
                 and not conn.write_blocked
-                and self.client.ctx.room_for_upstream()
+                and len(ctx.clients) + ctx.upstream_open < ctx.fd_budget  # room_for_upstream
             ):
                 conn.idle_since = now
                 conn.pause_reading(False)

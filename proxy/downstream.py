@@ -94,6 +94,7 @@ class ClientConnection(asyncio.Protocol):
         ):
             simple = fastpath.simple_request(data)
             if simple is not None:
+                reader.head_since = 0.0  # a whole head: its deadline is met
                 self._simple_request(*simple)
                 return
         reader.feed(data, now)

@@ -1253,3 +1253,28 @@ def test_generated_requests_never_break_the_proxy() -> None:
     # The generator reaches both the backend and the proxy's own refusals.
     assert statuses[200] > 10 and statuses[400] > 10, statuses
     print("statuses:", dict(sorted(statuses.items())))
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /public/k HTTP/1.1\r\nHost: t\r\n\r\n",  # the fast path
+        b"POST /public/k HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx",  # the parser
+    ],
+)
+def test_a_busy_keep_alive_connection_outlives_the_header_timeout(
+    run: Runner, request_bytes: bytes
+) -> None:
+    # The deadline is per request head, not per connection.
+    async def scenario() -> None:
+        async with hostile_setup(header_timeout=0.3) as (rec, p):
+            reader, writer = await asyncio.open_connection(p.host, p.port)
+            started = time.monotonic()
+            while time.monotonic() - started < 1.0:
+                writer.write(request_bytes)
+                assert (await read_response(reader)).status == 200
+                await asyncio.sleep(0.05)  # a client between requests
+            writer.close()
+            assert len(rec.requests) >= 5 and len(p.server._ctx.clients) <= 1
+
+    run(scenario())

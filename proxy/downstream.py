@@ -319,6 +319,10 @@ class ClientConnection(asyncio.Protocol):
             transport.pause_reading()
         elif not new:
             transport.resume_reading()
+            # The client's deadlines did not run while it was not read: they start afresh.
+            now = self.last_activity = self.ctx.now
+            if self.reader.head_since:
+                self.reader.head_since = now
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:

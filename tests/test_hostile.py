@@ -1278,3 +1278,31 @@ def test_a_busy_keep_alive_connection_outlives_the_header_timeout(
             assert len(rec.requests) >= 5 and len(p.server._ctx.clients) <= 1
 
     run(scenario())
+
+
+def test_a_body_paused_by_a_slow_backend_is_not_the_clients_timeout(
+    run: Runner, no_internal_errors: object
+) -> None:
+    # While the backend does not take the body the proxy stops reading the client; when it
+    # reads again, the client's body deadline starts afresh (it did nothing wrong meanwhile).
+    async def scenario() -> None:
+        async def slow_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            size = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await asyncio.sleep(1.0)  # a busy backend: the proxy's writes back up meanwhile
+            await reader.readexactly(size)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+        async with running_raw_backend(slow_reader) as addr:
+            async with running_proxy(make_pool([addr]), body_timeout=0.4, read_timeout=5) as p:
+                size = 8 * 1024 * 1024
+                reader, writer = await asyncio.open_connection(p.host, p.port)
+                writer.write(b"PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size)
+                writer.write(b"b" * size)
+                resp = await asyncio.wait_for(read_response(reader), 10)
+                writer.close()
+                assert resp.status == 200 and resp.body == b"ok"
+                assert p.server._ctx.client_timeouts == {}
+
+    run(scenario())

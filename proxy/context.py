@@ -85,6 +85,9 @@ class Context:
         # Accepting resumes a little below the cap, so that a full proxy does not flip
         # between accepting and not for every connection that closes.
         self.resume_at = self.max_connections - max(1, self.max_connections // 20)
+        if self.full and len(self.clients) <= self.resume_at:  # a reload raised the cap
+            self.full = False
+            self.accept(True)
 
     def count_client_timeout(self, kind: str) -> None:
         self.client_timeouts[kind] = self.client_timeouts.get(kind, 0) + 1

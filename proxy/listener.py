@@ -18,6 +18,7 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 BACKLOG = 2048
+RETRY_DELAY = 0.5  # seconds between attempts to resume accepting
 
 
 class Listener:
@@ -82,8 +83,15 @@ class Listener:
 
     async def _resume(self) -> None:
         try:
-            if self._accepting and not self._servers:
-                await self._serve()
+            while self._accepting and not self._servers:
+                try:
+                    await self._serve()
+                except OSError as exc:  # e.g. no descriptor left for the duplicate
+                    for server in self._servers:
+                        server.close()
+                    self._servers = []
+                    log.warning("proxy: cannot accept again yet: %s; retrying", exc)
+                    await asyncio.sleep(RETRY_DELAY)
         finally:
             self._resuming = None
         if not self._accepting:  # paused again while the servers were being set up

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -1304,5 +1305,19 @@ def test_a_body_paused_by_a_slow_backend_is_not_the_clients_timeout(
                 writer.close()
                 assert resp.status == 200 and resp.body == b"ok"
                 assert p.server._ctx.client_timeouts == {}
+
+    run(scenario())
+
+
+def test_raising_max_connections_on_reload_accepts_at_once(run: Runner) -> None:
+    async def scenario() -> None:
+        async with hostile_setup(max_connections=5) as (rec, p):
+            idle = [await asyncio.open_connection(p.host, p.port) for _ in range(8)]
+            ctx = p.server._ctx
+            await wait_until(lambda: ctx.full, what="the proxy to stop accepting")
+            p.server.update_spec(dataclasses.replace(p.server.spec, max_connections=50))
+            await still_serves(p, rec)  # a new connection is accepted without any closing
+            for _, w in idle:
+                w.close()
 
     run(scenario())

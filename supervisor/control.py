@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .errors import SupervisorError, TargetError
-from .service import RollFailed
+from .errors import RollFailed, SupervisorError, TargetError
 
 if TYPE_CHECKING:
     from .daemon import Daemon

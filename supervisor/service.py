@@ -10,22 +10,16 @@ from pathlib import Path
 
 from config.model import DependCondition, ServiceSpec
 
-from .errors import SupervisorError
+from .errors import DependencyFailed, PortInUse, RollFailed, SupervisorError, VenvError
 from .instance import FINAL, UP, Instance, InstanceHooks, State
 from .logs import LogHub
-from .ports import PortAllocator, PortInUse
+from .ports import PortAllocator
 from .process import base_environ
-from .venv import VenvBuilder, VenvError
+from .venv import VenvBuilder
+
+__all__ = ["DependencyFailed", "RollFailed", "Service", "ServiceContext"]
 
 log = logging.getLogger(__name__)
-
-
-class DependencyFailed(SupervisorError):
-    """A dependency ended in a state that can never satisfy its condition."""
-
-
-class RollFailed(SupervisorError):
-    """A replacement never became ready; the roll stopped with the old instances serving."""
 
 
 @dataclass(slots=True)

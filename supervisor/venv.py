@@ -27,7 +27,10 @@ from pathlib import Path
 
 from config.model import ServiceSpec
 
+from .errors import VenvError
 from .pipconfig import uv_config_from_pip
+
+__all__ = ["MARKER", "VenvBuilder", "VenvError"]
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +44,6 @@ _KEEP = 2  # the venv just built plus the previous one, which older instances ma
 # The daemon's own interpreter settings, which must not leak into the venv being built.
 _DROP_ENV = ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "__PYVENV_LAUNCHER__")
 _PROBE = "import sys; print(sys.version); print(sys.executable)"
-
-
-class VenvError(Exception):
-    """A virtualenv could not be built; the message ends with the tool's last output lines."""
 
 
 class VenvBuilder:

@@ -1,7 +1,10 @@
 """The resolved plan: immutable, fully defaulted, checked once by `config.load`.
 
 Everything downstream (supervisor, proxy) reads these objects and never the TOML.
-Durations are float seconds, sizes are int bytes, paths are absolute.
+Durations are float seconds, sizes are int bytes, paths are absolute. Immutable all the way
+down: the dataclasses are frozen, sequences are tuples, and mappings are read-only views
+(`types.MappingProxyType`) of private copies, whatever the caller passed in. A change is a
+new plan (`dataclasses.replace`), never an edit of a shared one.
 """
 
 from __future__ import annotations
@@ -9,8 +12,23 @@ from __future__ import annotations
 import enum
 import ipaddress
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def frozen_map(items: Mapping[K, V]) -> Mapping[K, V]:
+    """A read-only copy of `items` (the caller's dict can change; this cannot)."""
+    return MappingProxyType(dict(items))
+
+
+def _empty() -> Mapping[Any, Any]:
+    return MappingProxyType({})
 
 
 class RestartPolicy(enum.Enum):
@@ -88,11 +106,11 @@ class ServiceSpec:
     python: str = (
         "python3"  # interpreter the venv is built from (load() defaults it to Corral's own)
     )
-    env: dict[str, str] = field(default_factory=dict)  # env_file merged in, interpolated
+    env: Mapping[str, str] = field(default_factory=_empty)  # env_file merged in, interpolated
     restart: RestartPolicy = RestartPolicy.ALWAYS
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
-    depends_on: dict[str, DependCondition] = field(default_factory=dict)
+    depends_on: Mapping[str, DependCondition] = field(default_factory=_empty)
     oneshot: bool = False
     health: HealthSpec | None = None
     # Crash-loop protection: the crash_limit-th crash inside crash_window → failed.
@@ -111,6 +129,10 @@ class ServiceSpec:
     max_surge: int = 1
     watch: tuple[str, ...] = ()
     watch_ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", frozen_map(self.env))
+        object.__setattr__(self, "depends_on", frozen_map(self.depends_on))
 
     @property
     def has_port(self) -> bool:
@@ -154,6 +176,9 @@ class Plan:
 
     path: Path  # the config file
     project: str
-    services: dict[str, ServiceSpec]  # in start order (dependencies first)
+    services: Mapping[str, ServiceSpec]  # in start order (dependencies first)
     daemon: DaemonSpec
     proxy: ProxySpec | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "services", frozen_map(self.services))

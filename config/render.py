@@ -8,6 +8,7 @@ import ipaddress
 import re
 import shlex
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 
 from config.model import HealthKind, HealthSpec, Plan, ServiceSpec
@@ -130,6 +131,6 @@ def _jsonable(value: object) -> object:
         return str(value)
     if isinstance(value, tuple | list):
         return [_jsonable(item) for item in value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(key): _jsonable(item) for key, item in value.items()}
     return value

@@ -343,7 +343,9 @@ class Daemon:
             service = self.services[name]
             # The config now says so: this is no longer a runtime override.
             service.spec = dataclasses.replace(service.spec, instances=count)
-            self.plan.services[name] = service.spec
+            self.plan = dataclasses.replace(
+                self.plan, services={**self.plan.services, name: service.spec}
+            )
         self._save()
 
     async def wait_settled(self, timeout: float) -> list[dict[str, object]]:

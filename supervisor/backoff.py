@@ -73,9 +73,19 @@ def decide(
     now: float,
     backoff_initial: float,
     backoff_max: float,
+    transient: bool = False,
 ) -> Decision:
-    """What to do after a process ended on its own (not because we stopped it)."""
+    """What to do after a process ended on its own (not because we stopped it).
+
+    `transient`: it could not start for a reason of the daemon's (out of fds, memory): retry
+    with backoff, without counting a crash (the program did nothing wrong).
+    """
     how = cause or describe_exit(code)
+    if transient:
+        recent = history.record(now, crash=False)
+        return Decision(
+            Verdict.RESTART, delay=_delay(recent, backoff_initial, backoff_max), reason=how
+        )
     if code == 0:
         if oneshot:
             return Decision(Verdict.COMPLETED, reason=how)
@@ -95,5 +105,8 @@ def decide(
             )
     # The first exit in the window restarts at once (a one-off crash should cost only the
     # program's start-up); repeated ones back off: initial, 2x, 4x ... up to backoff_max.
-    delay = 0.0 if recent <= 1 else min(backoff_max, backoff_initial * (2 ** (recent - 2)))
-    return Decision(Verdict.RESTART, delay=delay, reason=how)
+    return Decision(Verdict.RESTART, delay=_delay(recent, backoff_initial, backoff_max), reason=how)
+
+
+def _delay(recent: int, initial: float, maximum: float) -> float:
+    return 0.0 if recent <= 1 else min(maximum, initial * (2 ** (recent - 2)))

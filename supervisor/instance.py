@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import enum
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -18,6 +17,7 @@ from .backoff import CrashHistory, Verdict, decide, describe_exit
 from .errors import SpawnError
 from .logs import LogSink
 from .process import descendants, reap_group, spawn, stop_tree
+from .states import FINAL, UP, State
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +32,6 @@ _FIRST_PROBE_DELAY = 0.02
 # starting on 2 cores) an instance can take seconds, and a probe schedule that had grown to the
 # full interval would leave it listening, unused, for up to that long. Refused connects are cheap.
 _STARTING_PROBE_MAX = 0.25
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    UNHEALTHY = "unhealthy"
-    RUNNING = "running"  # up, with no port and no health check to say more
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    CRASHED = "crashed"
-    BACKOFF = "backoff"
-    FAILED = "failed"
-    COMPLETED = "completed"
-
-
-# Settled states: nothing will change without an order from outside.
-FINAL = frozenset({State.STOPPED, State.FAILED, State.COMPLETED})
-# States that count as "up" for `depends_on = "healthy"` and for `up -d`.
-UP = frozenset({State.READY, State.RUNNING})
 
 
 class InstanceHooks(Protocol):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -19,7 +18,7 @@ from aiohttp import web
 from .errors import RollFailed, SupervisorError, TargetError
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .view import DaemonControl
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +94,10 @@ def _targets(data: dict[str, Any]) -> list[str]:
 class ControlServer:
     """aiohttp embedded with AppRunner(handle_signals=False) on a UnixSite."""
 
-    def __init__(self, daemon: Daemon, path: Path) -> None:
+    def __init__(self, daemon: DaemonControl, path: Path) -> None:
         self.daemon = daemon
         self.path = path
         self._runner: web.AppRunner | None = None
-        self._streams: set[asyncio.Task[Any]] = set()
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_guard])
@@ -196,12 +194,8 @@ class ControlServer:
         for record in self.daemon.logs.tail(targets, n):
             await response.write(_line(record.to_json()))
         if follow:
-            follower = self.daemon.logs.follow(targets)
-            try:
-                async for record in follower:
-                    await response.write(_line(record.to_json()))
-            finally:
-                follower.close()
+            # Under the daemon's task group, so that shutdown owns and ends it.
+            await self.daemon.stream(_relay_logs(self.daemon, targets, response), "logs -f")
         await response.write_eof()
         return response
 
@@ -211,7 +205,7 @@ class ControlServer:
         out: list[tuple[str, int | None]] = []
         for target in raw:
             name, _, index = target.partition(".")
-            if name not in self.daemon.services:
+            if name not in self.daemon.service_names():
                 raise TargetError(f"no service {name!r}")
             if index and not index.isdigit():
                 raise SupervisorError(f"bad instance {target!r}: expected service or service.N")
@@ -226,18 +220,15 @@ class ControlServer:
         for event in self.daemon.events.recent(n):
             await response.write(_line(event.to_json()))
         if follow:
-            async for event in self.daemon.events.follow():
-                await response.write(_line(event.to_json()))
+            await self.daemon.stream(_relay_events(self.daemon, response), "events -f")
         await response.write_eof()
         return response
 
     async def reload(self, request: web.Request) -> web.Response:
-        if self.daemon.reload_hook is None:
-            raise SupervisorError("this daemon was started without a config file to reload")
-        return web.json_response(await self.daemon.reload_hook())
+        return web.json_response(await self.daemon.reload())
 
     async def shutdown(self, request: web.Request) -> web.Response:
-        self.daemon.shutdown_requested.set()
+        self.daemon.request_shutdown()
         return web.json_response({"stopping": True, "pid": os.getpid()})
 
     async def wait(self, request: web.Request) -> web.Response:
@@ -247,8 +238,26 @@ class ControlServer:
     async def metrics(self, request: web.Request) -> web.Response:
         from .metrics import render
 
-        text = render(self.daemon) + self.daemon.traffic.metrics()
+        text = render(self.daemon) + self.daemon.proxy_metrics()
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def _relay_logs(
+    daemon: DaemonControl,
+    targets: list[tuple[str, int | None]] | None,
+    response: web.StreamResponse,
+) -> None:
+    follower = daemon.logs.follow(targets)
+    try:
+        async for record in follower:
+            await response.write(_line(record.to_json()))
+    finally:
+        follower.close()
+
+
+async def _relay_events(daemon: DaemonControl, response: web.StreamResponse) -> None:
+    async for event in daemon.events.follow():
+        await response.write(_line(event.to_json()))
 
 
 def _line(obj: dict[str, Any]) -> bytes:

@@ -102,17 +102,20 @@ async def watch_project(daemon: Daemon, reloader: Reloader, *, everything: bool 
     """Run until cancelled; apply each debounced batch of changes."""
     plan = daemon.plan
     stop = asyncio.Event()
-    async for changes in awatch(
-        *_roots(plan, everything),
-        watch_filter=_Filter(plan.daemon.state_dir),
-        debounce=DEBOUNCE_MS,
-        stop_event=stop,
-    ):
-        actions = classify(daemon.plan, (Path(p) for _, p in changes), everything)
-        try:
-            await apply(daemon, reloader, actions)
-        except SupervisorError as exc:
-            log.error("watch: %s", exc)
+    try:
+        async for changes in awatch(
+            *_roots(plan, everything),
+            watch_filter=_Filter(plan.daemon.state_dir),
+            debounce=DEBOUNCE_MS,
+            stop_event=stop,
+        ):
+            actions = classify(daemon.plan, (Path(p) for _, p in changes), everything)
+            try:
+                await apply(daemon, reloader, actions)
+            except SupervisorError as exc:
+                log.error("watch: %s", exc)
+    except Exception:  # watchfiles failed (inotify limits …): supervision carries on without it
+        log.exception("watch mode stopped")
 
 
 async def apply(daemon: Daemon, reloader: Reloader, actions: Actions) -> None:

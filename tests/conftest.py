@@ -117,6 +117,9 @@ async def running_daemon(path: Path) -> AsyncIterator[Daemon]:
             await task
         leftovers = token_processes(daemon.token)
         assert not leftovers, f"processes left behind: {leftovers}"
+        # A bug caught in an instance's life (an illegal state change …) is logged and the
+        # instance carries on; tests must not let one pass unnoticed.
+        assert daemon.internal_errors == 0, "supervisor errors were logged (see the log)"
 
 
 def state_of(daemon: Daemon, name: str) -> str:

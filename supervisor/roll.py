@@ -1,0 +1,89 @@
+"""Rolling restarts: replace a service's instances one batch at a time, traffic kept flowing.
+
+The Roller owns the two lists a roll adds to a service, the replacements still starting
+(`incoming`) and the old incarnations draining (`retiring`); the service owns its current
+instances and is asked, through RollTarget, to spawn a replacement or make one current.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from config.model import ServiceSpec
+
+from .errors import RollFailed
+from .instance import UP, Instance, State
+
+
+class RollTarget(Protocol):
+    """What a roll needs from its service."""
+
+    @property
+    def spec(self) -> ServiceSpec: ...
+
+    def spawn_replacement(self, index: int) -> Instance:
+        """A new incarnation for slot `index`, on a fresh port; not current yet."""
+        ...
+
+    def promote(self, new: Instance) -> None:
+        """Make `new` the current instance of its slot."""
+        ...
+
+    async def stop_instances(self, insts: list[Instance]) -> None:
+        """Stop them and release their ports."""
+        ...
+
+
+class Roller:
+    """The roll of one service: at most one at a time (the service's lock)."""
+
+    def __init__(self) -> None:
+        self.incoming: list[Instance] = []
+        self.retiring: list[Instance] = []
+
+    async def surge(self, target: RollTarget, olds: list[Instance]) -> None:
+        """Start replacements (`max_surge` at a time) on fresh ports, wait until they are
+        ready, then drain and stop the old ones. A replacement that never gets ready stops
+        the roll, with the old instances still serving (RollFailed)."""
+        surge = max(1, target.spec.max_surge)
+        for start in range(0, len(olds), surge):
+            batch = olds[start : start + surge]
+            fresh = [target.spawn_replacement(old.index) for old in batch]
+            self.incoming.extend(fresh)
+            try:
+                states = await asyncio.gather(*(_ready(target.spec, new) for new in fresh))
+            finally:
+                # Interrupted or not, they are no longer "starting"; until stopped or made
+                # current they are the roll's to stop (and a shutdown finds them here).
+                for new in fresh:
+                    self.incoming.remove(new)
+                    self.retiring.append(new)
+            if any(state not in UP for state in states):
+                bad = next(n for n, s in zip(fresh, states, strict=True) if s not in UP)
+                why = f"{bad.state.value}: {bad.detail or 'no detail'}"  # before stop()
+                await self._retire(target, fresh)
+                raise RollFailed(
+                    f"{bad.name}: replacement never became ready ({why}); "
+                    "roll stopped, old instances still serving"
+                )
+            for new in fresh:
+                self.retiring.remove(new)
+                target.promote(new)
+            self.retiring.extend(batch)
+            await self._retire(target, batch)
+
+    async def _retire(self, target: RollTarget, insts: list[Instance]) -> None:
+        await target.stop_instances(insts)
+        for inst in insts:
+            self.retiring.remove(inst)
+
+
+async def _ready(spec: ServiceSpec, inst: Instance) -> State:
+    health = spec.health
+    # As long as start-up may take before it counts as a failure, plus a little slack.
+    budget = 30.0 if health is None else health.start_period + health.retries * health.interval + 5
+    try:
+        return await inst.wait_for(UP | {State.UNHEALTHY}, budget)
+    except TimeoutError:
+        return inst.state

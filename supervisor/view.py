@@ -1,0 +1,76 @@
+"""How the control API, /metrics and later views (corral top, the dashboard) see the daemon.
+
+They get these narrow interfaces, never the Daemon's attributes: what they may read is listed
+here, and every write goes through an order the daemon runs and owns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, Protocol
+
+from config.model import Plan
+
+from .events import EventBus
+from .logs import LogHub
+from .sampler import StatsSnapshot
+from .status import DaemonStatus, InstanceRow
+
+
+class DaemonView(Protocol):
+    """Read-only: what the daemon runs, and how it is doing."""
+
+    @property
+    def plan(self) -> Plan:
+        """The plan in force (immutable)."""
+        ...
+
+    @property
+    def logs(self) -> LogHub: ...
+
+    @property
+    def events(self) -> EventBus: ...
+
+    def status(self) -> DaemonStatus: ...
+
+    def ps(self) -> list[InstanceRow]: ...
+
+    def service_names(self) -> Sequence[str]: ...
+
+    def desired_counts(self) -> Mapping[str, int]: ...
+
+    def stats(self) -> StatsSnapshot:
+        """The latest CPU/RSS samples (taken every couple of seconds by the daemon)."""
+        ...
+
+    async def next_stats(self, seq: int) -> StatsSnapshot:
+        """The first stats snapshot after `seq`: a periodic feed for live views."""
+        ...
+
+    def proxy_metrics(self) -> str:
+        """The proxy's Prometheus text ("" without a proxy)."""
+        ...
+
+
+class DaemonControl(DaemonView, Protocol):
+    """What the control API may ask of the daemon: reads, plus orders."""
+
+    async def start(self, targets: list[str]) -> None: ...
+
+    async def stop(self, targets: list[str]) -> None: ...
+
+    async def restart(self, targets: list[str], *, rolling: bool = True) -> None: ...
+
+    async def scale(self, counts: dict[str, int]) -> None: ...
+
+    async def save_counts(self, counts: dict[str, int]) -> None: ...
+
+    async def reload(self) -> dict[str, list[str]]: ...
+
+    async def wait_settled(self, timeout: float) -> list[InstanceRow]: ...
+
+    def request_shutdown(self) -> None: ...
+
+    async def stream(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a long-lived stream (logs -f, events -f) under the daemon's task group."""
+        ...

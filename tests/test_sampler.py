@@ -1,0 +1,57 @@
+"""CPU% and RSS are sampled by one owner on a schedule; reading them has no side effect."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+from supervisor.sampler import Sampler
+
+from .fakeclock import FakeClock
+
+
+async def test_reading_does_not_change_the_numbers_and_rounds_advance_the_sequence() -> None:
+    busy = await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
+    try:
+        clock = FakeClock()
+        sampler = Sampler(lambda: [busy.pid], clock=clock)
+        sampler.track(busy.pid)  # first sample when it comes up: RSS known, CPU baseline
+        first = sampler.latest
+        assert first.of(busy.pid).rss_bytes > 0
+        assert first.of(busy.pid).cpu_percent == 0.0
+        await asyncio.sleep(0.3)
+        # Reading twice changes nothing: only a scheduled round measures.
+        assert sampler.latest is first and sampler.latest.of(busy.pid) == first.of(busy.pid)
+        sampler.sample()
+        second = sampler.latest
+        assert second.seq == first.seq + 1
+        assert second.of(busy.pid).cpu_percent > 10.0  # a busy loop over ~0.3 s
+        assert second.daemon.rss_bytes > 0
+        assert sampler.latest.of(busy.pid) == second.of(busy.pid)
+    finally:
+        busy.kill()
+        await busy.wait()
+
+
+async def test_periodic_feed_and_gone_processes() -> None:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)"
+    )
+    pids = [child.pid]
+    clock = FakeClock()
+    sampler = Sampler(lambda: pids, interval=2.0, clock=clock)
+    runner = asyncio.create_task(sampler.run())
+    try:
+        snap = await asyncio.wait_for(sampler.next_after(0), 5)
+        assert snap.of(child.pid).rss_bytes > 0
+        child.kill()
+        await child.wait()
+        pids.clear()
+        later = await asyncio.wait_for(sampler.next_after(snap.seq), 5)
+        assert later.seq > snap.seq and child.pid not in later.processes
+        assert later.of(None).rss_bytes == 0 and later.of(os.getpid()).rss_bytes == 0
+        assert 2.0 in clock.sleeps
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)

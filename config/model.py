@@ -118,6 +118,11 @@ class ServiceSpec:
     crash_window: float = 60.0
     backoff_initial: float = 0.1
     backoff_max: float = 30.0
+    # Start-up: a portless instance without a health check counts as up ("running") only
+    # once it has stayed up this long; any other must be ready within start_timeout, or it
+    # is stopped and failed.
+    min_uptime: float = 1.0
+    start_timeout: float = 60.0
     # Proxy side (ignored when the service has no port or [proxy] is absent).
     route: RouteSpec | None = None
     balance: Balance = Balance.ROUND_ROBIN

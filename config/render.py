@@ -64,9 +64,23 @@ def _service_lines(spec: ServiceSpec, root: Path, proxied: bool) -> list[str]:
     }
     if spec.oneshot:
         fields["instances"] += ", oneshot"
+    start = _start(spec)
+    if start:
+        fields["start"] = start
     if spec.watch:
         fields["watch"] = ", ".join(spec.watch)
     return [spec.name] + [f"  {key:<11} {value}" for key, value in fields.items()]
+
+
+def _start(spec: ServiceSpec) -> str:
+    """The start-up rule, when it is not the default one."""
+    if spec.health is None and not spec.has_port:
+        return (
+            "" if spec.min_uptime == 1.0 else f"running after {format_duration(spec.min_uptime)} up"
+        )
+    return (
+        "" if spec.start_timeout == 60.0 else f"ready within {format_duration(spec.start_timeout)}"
+    )
 
 
 def _command(argv: tuple[str, ...]) -> str:

@@ -21,7 +21,7 @@ _ALLOWED = (
     *("command", "instances", "port", "cwd", "requirements", "venv", "python", "env", "env_file"),
     *("restart", "stop_signal", "stop_timeout", "depends_on", "oneshot", "health"),
     *("crash_limit", "crash_window", "backoff", "route", "balance", "hash_on", "weight"),
-    *("drain_timeout", "max_surge", "watch", "watch_ignore"),
+    *("drain_timeout", "max_surge", "watch", "watch_ignore", "min_uptime", "start_timeout"),
 )
 
 
@@ -65,6 +65,8 @@ def read_service(
         crash_window=table.duration("crash_window", 60.0, positive=True),
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
+        min_uptime=table.duration("min_uptime", 1.0),
+        start_timeout=table.duration("start_timeout", 60.0, positive=True),
         route=read_route(table, has_port),
         balance=balance,
         hash_key=read_hash_key(table, balance),

@@ -74,13 +74,19 @@ def decide(
     backoff_initial: float,
     backoff_max: float,
     transient: bool = False,
+    start_failed: bool = False,
 ) -> Decision:
     """What to do after a process ended on its own (not because we stopped it).
 
     `transient`: it could not start for a reason of the daemon's (out of fds, memory): retry
     with backoff, without counting a crash (the program did nothing wrong).
+    `start_failed`: it was stopped because it was not ready within its start timeout: failed
+    (`cause` says what it waited for).
     """
     how = cause or describe_exit(code)
+    if start_failed:
+        history.record(now)
+        return Decision(Verdict.FAILED, reason=how)
     if transient:
         recent = history.record(now, crash=False)
         return Decision(

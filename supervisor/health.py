@@ -5,8 +5,10 @@ serves both readiness and liveness (see docs/config.md, "Health checks"):
 
 - start-up: probes come fast (20 ms, growing x1.5, at most 250 ms apart) until the first
   success makes the instance READY; failures do not count during the grace
-  `start_period + retries x interval`; after it, the instance is UNHEALTHY ("not ready after
-  start-up"); and if it has never been ready when `start_timeout` runs out, the start failed;
+  `start_period + retries x interval`; after it, a process that answers but fails the check
+  is UNHEALTHY ("not ready after start-up"), while one whose port still refuses connections
+  is still starting (on a loaded machine an interpreter can take seconds to bind); and if it
+  has never been ready when `start_timeout` runs out, the start failed;
 - readiness: `retries` failures in a row make a READY instance UNHEALTHY; a success makes it
   READY again;
 - liveness: an UNHEALTHY instance failing `retries` more probes is restarted (if
@@ -124,7 +126,8 @@ class HealthTracker:
                 next_probe=None,
             )
         if self.state is State.STARTING:
-            if self.grace is not None and now - self.started >= self.grace:
+            grace_over = self.grace is not None and now - self.started >= self.grace
+            if grace_over and not result.refused:
                 self.failures = self.retries
                 self.state = State.UNHEALTHY
                 return Transition(
@@ -151,6 +154,6 @@ class HealthTracker:
         return delay
 
     def _waiting(self, result: ProbeResult) -> str:
-        if self.readiness_only and result.detail == "connection refused":
+        if self.readiness_only and result.refused:
             return self.waiting  # what "not accepting" means anyway
         return f"{self.waiting}: {result.detail}"

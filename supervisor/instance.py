@@ -250,6 +250,7 @@ class Instance:
                 backoff_initial=self.spec.backoff_initial,
                 backoff_max=self.spec.backoff_max,
                 transient=outcome.transient,
+                start_failed=outcome.start_failed,
             )
             if decision.verdict is Verdict.COMPLETED:
                 self._set(State.COMPLETED, decision.reason)

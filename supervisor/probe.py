@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.model import HealthKind, HealthSpec
@@ -43,6 +43,8 @@ class ProbeResult:
     ok: bool
     detail: str  # "HTTP 200", "connection refused", "timed out after 1.0s", "exit 1: …"
     conclusive: bool = True  # False: the probe could not run (daemon out of fds): no verdict
+    # Nothing listens on the port (yet): a classification of `detail`, so not compared.
+    refused: bool = field(default=False, compare=False)
 
 
 async def probe(
@@ -199,7 +201,7 @@ def _failure(exc: OSError) -> ProbeResult:
         return ProbeResult(
             False, f"cannot probe: {_describe(exc)} (in the daemon)", conclusive=False
         )
-    return ProbeResult(False, _describe(exc))
+    return ProbeResult(False, _describe(exc), refused=isinstance(exc, ConnectionRefusedError))
 
 
 def _describe(exc: OSError) -> str:

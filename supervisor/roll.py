@@ -52,7 +52,7 @@ class Roller:
             fresh = [target.spawn_replacement(old.index) for old in batch]
             self.incoming.extend(fresh)
             try:
-                states = await asyncio.gather(*(_ready(target.spec, new) for new in fresh))
+                states = await asyncio.gather(*(_ready(new) for new in fresh))
             finally:
                 # Interrupted or not, they are no longer "starting"; until stopped or made
                 # current they are the roll's to stop (and a shutdown finds them here).
@@ -79,11 +79,7 @@ class Roller:
             self.retiring.remove(inst)
 
 
-async def _ready(spec: ServiceSpec, inst: Instance) -> State:
-    health = spec.health
-    # As long as start-up may take before it counts as a failure, plus a little slack.
-    budget = 30.0 if health is None else health.start_period + health.retries * health.interval + 5
-    try:
-        return await inst.wait_for(UP | {State.UNHEALTHY}, budget)
-    except TimeoutError:
-        return inst.state
+async def _ready(inst: Instance) -> State:
+    """Wait until a replacement is up, or shows it will not be: unhealthy, failed (a crash
+    loop, or not ready within its start_timeout), or stopped."""
+    return await inst.wait_for(UP | {State.UNHEALTHY})

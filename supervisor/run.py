@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from config.model import HealthKind, HealthSpec
+from config.units import format_duration
 
 from . import probe as probes
 from .backoff import describe_exit
@@ -192,19 +193,30 @@ class ProcessRun:
         """Readiness and liveness of the running process; returns when it must be stopped."""
         inst = self._inst
         spec = inst.spec.health
+        timeout = inst.spec.start_timeout
         if spec is None and inst.port is None:
+            # Nothing to probe: "running" once it has stayed up for min_uptime, so that a
+            # program that crashes 100 ms after start never looks up (nor `up -d` settled).
+            wait = inst.spec.min_uptime
+            if wait > 0:
+                inst.note(f"counts as running after {format_duration(wait)} up (min_uptime)")
+                await self._clock.sleep(wait)
             inst.enter(State.RUNNING)
             return await _forever()
         if spec is None:
             assert inst.port is not None
-            tracker = HealthTracker.for_port(inst.port, started=self._started)
+            tracker = HealthTracker.for_port(
+                inst.port, started=self._started, start_timeout=timeout
+            )
         else:
             if inst.port is not None and spec.command:
                 port = str(inst.port)
                 spec = dataclasses.replace(
                     spec, command=tuple(arg.replace("{port}", port) for arg in spec.command)
                 )
-            tracker = HealthTracker.for_check(spec, started=self._started, what=_check_name(spec))
+            tracker = HealthTracker.for_check(
+                spec, started=self._started, start_timeout=timeout, what=_check_name(spec)
+            )
         while True:
             if spec is None:
                 assert inst.port is not None

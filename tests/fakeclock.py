@@ -10,7 +10,8 @@ class FakeClock:
     def __init__(self, start: float = 1000.0, wall: float = 1_700_000_000.0) -> None:
         self.t = start
         self._wall_offset = wall - start
-        self.sleeps: list[float] = []  # every sleep and wait timeout, in order
+        self.sleeps: list[float] = []  # every sleep, in order
+        self.waits: list[float] = []  # every wait's timeout (backoff, cool-down), in order
 
     def now(self) -> float:
         return self.t
@@ -26,7 +27,7 @@ class FakeClock:
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
         if event.is_set():
             return True
-        self.sleeps.append(timeout)
+        self.waits.append(timeout)
         # Give whoever may set the event a chance first, then let the time pass.
         await asyncio.sleep(0)
         if not event.is_set():

@@ -477,3 +477,19 @@ def test_weight_zero_is_rejected(tmp_path: Path) -> None:
     error = _error(tmp_path, '[services.a]\ncommand = "a"\nport = 9000\nweight = 0\n')
     assert error.key == "services.a.weight"
     assert "expected an integer >= 1 or an array of them" in error.message
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        ('min_uptime = "a while"', "min_uptime", 'expected a duration like "2s", got "a while"'),
+        ("min_uptime = -1", "min_uptime", 'expected a duration like "2s", got -1'),
+        ("start_timeout = 0", "start_timeout", 'expected a duration > 0 like "2s", got 0'),
+        ('start_timeout = "forever"', "start_timeout", 'expected a duration > 0 like "2s"'),
+    ],
+)
+def test_wrong_start_up_settings(tmp_path: Path, line: str, key: str, message: str) -> None:
+    error = _error(tmp_path, f'[services.api]\ncommand = "api"\n{line}\n')
+
+    assert error.key == f"services.api.{key}"
+    assert message in error.message

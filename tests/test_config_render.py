@@ -113,3 +113,15 @@ def test_plan_to_json_is_serialisable(tmp_path: Path) -> None:
     assert api["weights"] == [3, 1]
     assert data["proxy"]["listen"] == [["127.0.0.1", 8080], ["::1", 8080]]
     assert data["daemon"]["socket"] == str(plan.daemon.socket)
+
+
+def test_render_shows_start_up_rules_that_are_not_the_default(tmp_path: Path) -> None:
+    (tmp_path / "corral.toml").write_text(
+        '[services.w]\ncommand = "w"\nvenv = false\nmin_uptime = "5s"\n'
+        '[services.p]\ncommand = "p"\nvenv = false\nport = 9000\nstart_timeout = "2m"\n'
+        '[services.d]\ncommand = "d"\nvenv = false\nport = 9100\n'
+    )
+    text = render(load(tmp_path / "corral.toml", environ={}))
+    assert "  start       running after 5s up\n" in text
+    assert "  start       ready within 2m\n" in text
+    assert text.count("  start ") == 2  # d keeps the defaults: no line

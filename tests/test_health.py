@@ -10,7 +10,7 @@ from supervisor.probe import ProbeResult
 from supervisor.states import State
 
 OK = ProbeResult(True, "HTTP 200")
-REFUSED = ProbeResult(False, "connection refused")
+REFUSED = ProbeResult(False, "connection refused", refused=True)
 BAD = ProbeResult(False, "HTTP 503")
 NO_FDS = ProbeResult(False, "cannot probe: Too many open files (in the daemon)", conclusive=False)
 
@@ -56,6 +56,17 @@ def test_failures_in_the_grace_do_not_count_then_unhealthy_then_liveness_restart
     assert t.observe(BAD, 11.0).action is Action.NONE
     restart = t.observe(BAD, 13.0)
     assert restart.action is Action.RESTART and restart.next_probe is None
+
+
+def test_a_port_that_still_refuses_is_starting_not_unhealthy() -> None:
+    # On a loaded machine an interpreter may take longer than the grace to bind: that is a
+    # slow start (bounded by start_timeout), not a failing health check.
+    t = _check(start_timeout=60.0)
+    for now in (1.0, 7.0, 20.0, 59.0):
+        seen = t.observe(REFUSED, now)
+        assert seen.state is None and seen.action is Action.NONE
+        assert seen.detail == "http /healthz not passing yet: connection refused"
+    assert t.observe(OK, 59.5).state is State.READY
 
 
 def test_ready_then_unhealthy_after_retries_then_ready_again() -> None:

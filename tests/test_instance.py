@@ -76,7 +76,7 @@ async def test_crash_loop_backs_off_then_fails(tmp_path: Path) -> None:
         inst.start()
         assert await inst.wait_for(frozenset({State.FAILED})) is State.FAILED
         # First crash restarts at once, then initial, 2x, 4x (capped at max).
-        assert clock.sleeps == [0.0, 0.5, 1.0, 2.0]
+        assert clock.waits == [0.0, 0.5, 1.0, 2.0]
         assert inst.restarts == 4
         assert inst.detail == "exit 3; crashed 5 times in 60s (crash_limit 5)"
         states = hooks.states()
@@ -145,3 +145,23 @@ async def test_a_bug_while_the_process_runs_never_leaves_it_running(tmp_path: Pa
     assert started
     first_pid = int(started[0].rsplit("started pid ", 1)[1].split()[0])
     assert not pid_alive(first_pid)
+
+
+async def test_a_port_never_opened_fails_the_start_after_start_timeout(tmp_path: Path) -> None:
+    from supervisor.ports import free_port
+
+    port = free_port()
+    spec = _spec(tmp_path, "import time; time.sleep(60)", start_timeout=90.0, port=port)
+    hooks, clock = Hooks(), FakeClock()
+    hub = LogHub(tmp_path / "logs", 1 << 20, 1, 100)
+    async with asyncio.timeout(30), asyncio.TaskGroup() as group:
+        runtime = Runtime(hooks=hooks, spawn=lambda c, n: group.create_task(c, name=n), clock=clock)
+        inst = Instance(spec, 1, port, env=base_environ(), sink=hub.sink("t", 1), runtime=runtime)
+        inst.start()
+        assert await inst.wait_for(frozenset({State.FAILED})) is State.FAILED
+        assert inst.detail == f"not ready after 1m30s: port {port} not accepting yet"
+        stopping = [d for _, new, d in hooks.changes if new is State.STOPPING]
+        assert stopping == [inst.detail]
+        assert inst.pid is None
+        await inst.stop()
+    hub.close()

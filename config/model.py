@@ -37,6 +37,11 @@ class RestartPolicy(enum.Enum):
     NO = "no"
 
 
+class CrashLoop(enum.Enum):
+    RETRY = "retry"  # failed by a crash loop: retried after a cool-down (10s, 20s, … 5m)
+    STOP = "stop"  # failed for good, until `corral start`
+
+
 class DependCondition(enum.Enum):
     STARTED = "started"  # the dependency's instances have been spawned
     HEALTHY = "healthy"  # every instance of the dependency is ready
@@ -113,9 +118,13 @@ class ServiceSpec:
     depends_on: Mapping[str, DependCondition] = field(default_factory=_empty)
     oneshot: bool = False
     health: HealthSpec | None = None
-    # Crash-loop protection: the crash_limit-th crash inside crash_window → failed.
+    # Crash-loop protection: the crash_limit-th crash inside crash_window → failed; then
+    # (crash_loop = retry) retried after a cool-down doubling from cooldown_initial.
     crash_limit: int = 5
     crash_window: float = 60.0
+    crash_loop: CrashLoop = CrashLoop.RETRY
+    cooldown_initial: float = 10.0
+    cooldown_max: float = 300.0
     backoff_initial: float = 0.1
     backoff_max: float = 30.0
     # Start-up: a portless instance without a health check counts as up ("running") only

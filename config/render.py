@@ -11,7 +11,7 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from config.model import HealthKind, HealthSpec, Plan, ServiceSpec
+from config.model import CrashLoop, HealthKind, HealthSpec, Plan, ServiceSpec
 from config.units import format_duration, format_size
 
 _PLAIN = re.compile(r"[\w@%+=:,./{}-]+")
@@ -67,6 +67,9 @@ def _service_lines(spec: ServiceSpec, root: Path, proxied: bool) -> list[str]:
     start = _start(spec)
     if start:
         fields["start"] = start
+    crash_loop = _crash_loop(spec)
+    if crash_loop:
+        fields["crash_loop"] = crash_loop
     if spec.watch:
         fields["watch"] = ", ".join(spec.watch)
     return [spec.name] + [f"  {key:<11} {value}" for key, value in fields.items()]
@@ -81,6 +84,17 @@ def _start(spec: ServiceSpec) -> str:
     return (
         "" if spec.start_timeout == 60.0 else f"ready within {format_duration(spec.start_timeout)}"
     )
+
+
+def _crash_loop(spec: ServiceSpec) -> str:
+    """What follows a crash loop, when it is not the default (retry after 10s doubling to 5m)."""
+    loop = f"{spec.crash_limit} crashes in {format_duration(spec.crash_window)}"
+    if spec.crash_loop is CrashLoop.STOP:
+        return f"failed for good after {loop}"
+    if (spec.cooldown_initial, spec.cooldown_max) == (10.0, 300.0):
+        return ""
+    first, last = format_duration(spec.cooldown_initial), format_duration(spec.cooldown_max)
+    return f"retried {first} after {loop}, doubling to {last}"
 
 
 def _command(argv: tuple[str, ...]) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from config.environment import read_environment
 from config.health import read_health
-from config.model import Balance, DependCondition, RestartPolicy, ServiceSpec
+from config.model import Balance, CrashLoop, DependCondition, RestartPolicy, ServiceSpec
 from config.routing import read_hash_key, read_route, read_weights
 from config.table import Table
 from config.units import format_duration
@@ -22,6 +22,7 @@ _ALLOWED = (
     *("restart", "stop_signal", "stop_timeout", "depends_on", "oneshot", "health"),
     *("crash_limit", "crash_window", "backoff", "route", "balance", "hash_on", "weight"),
     *("drain_timeout", "max_surge", "watch", "watch_ignore", "min_uptime", "start_timeout"),
+    *("crash_loop", "crash_cooldown"),
 )
 
 
@@ -43,6 +44,7 @@ def read_service(
     oneshot = table.flag("oneshot", False)
     balance = table.choice("balance", Balance, Balance.ROUND_ROBIN)
     backoff_initial, backoff_max = _read_backoff(table)
+    cooldown_initial, cooldown_max = _read_cooldown(table)
     weights, default_weight = read_weights(table, instances)
     return ServiceSpec(
         name=name,
@@ -63,6 +65,9 @@ def read_service(
         health=read_health(table, has_port),
         crash_limit=table.integer("crash_limit", 5, minimum=1),
         crash_window=table.duration("crash_window", 60.0, positive=True),
+        crash_loop=table.choice("crash_loop", CrashLoop, CrashLoop.RETRY),
+        cooldown_initial=cooldown_initial,
+        cooldown_max=cooldown_max,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
         min_uptime=table.duration("min_uptime", 1.0),
@@ -167,4 +172,15 @@ def _read_backoff(table: Table) -> tuple[float, float]:
     maximum = backoff.duration("max", max(30.0, initial), positive=True)
     if maximum < initial:
         raise backoff.expected("max", f"a duration >= initial ({format_duration(initial)})")
+    return initial, maximum
+
+
+def _read_cooldown(table: Table) -> tuple[float, float]:
+    cooldown = table.table("crash_cooldown", ("initial", "max"))
+    if cooldown is None:
+        return 10.0, 300.0
+    initial = cooldown.duration("initial", 10.0, positive=True)
+    maximum = cooldown.duration("max", max(300.0, initial), positive=True)
+    if maximum < initial:
+        raise cooldown.expected("max", f"a duration >= initial ({format_duration(initial)})")
     return initial, maximum

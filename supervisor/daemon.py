@@ -215,9 +215,10 @@ class Daemon:
                 instance=inst.name,
                 old="" if inst.is_new else old.value,
                 new=new.value,
-                detail=detail,
+                detail=detail + inst.retry_note(),
                 pid=inst.pid,
                 port=inst.port,
+                retry_at=inst.retry_at,
             )
         )
         self.traffic.state_changed(inst, old, new)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from config.model import ServiceSpec
+from config.units import format_duration
 
 from .backoff import CrashHistory, Verdict, decide
 from .clock import SYSTEM_CLOCK, Clock
@@ -175,6 +177,13 @@ class Instance:
         """Whether the proxy should send this instance traffic."""
         return self.state is State.READY and self.port is not None
 
+    def retry_note(self) -> str:
+        """ "; retry in 10s at 12:03:04" while a failed instance waits for its cool-down."""
+        if self.retry_at is None or self.state is not State.FAILED:
+            return ""
+        seconds = max(0, round(self.retry_at - self._clock.wall()))
+        return f"; retry in {format_duration(seconds)} at {time.strftime('%H:%M:%S', time.localtime(self.retry_at))}"
+
     # --- what its process run reports (run.py) --------------------------------------------------
 
     @property
@@ -200,8 +209,10 @@ class Instance:
         if not force:
             check(old, state)
         self.state, self.detail = state, detail
+        if state is not State.FAILED:
+            self.retry_at = None
         if detail:
-            self.sink.write("corral", f"{state.value}: {detail}")
+            self.sink.write("corral", f"{state.value}: {detail}{self.retry_note()}")
         self.runtime.hooks.state_changed(self, old, state, detail)
         self.is_new = False
         self._in_pool = state is State.READY
@@ -233,7 +244,6 @@ class Instance:
 
     async def _lifecycle(self) -> None:
         while not self._stop.is_set():
-            self.retry_at = None
             if self.state is not State.STARTING:
                 self._set(State.STARTING)
             outcome = await self._run_process()
@@ -251,6 +261,10 @@ class Instance:
                 backoff_max=self.spec.backoff_max,
                 transient=outcome.transient,
                 start_failed=outcome.start_failed,
+                crash_loop=self.spec.crash_loop,
+                cooldown_initial=self.spec.cooldown_initial,
+                cooldown_max=self.spec.cooldown_max,
+                uptime=outcome.uptime,
             )
             if decision.verdict is Verdict.COMPLETED:
                 self._set(State.COMPLETED, decision.reason)
@@ -259,8 +273,16 @@ class Instance:
                 self._set(State.STOPPED, decision.reason)
                 return
             if decision.verdict is Verdict.FAILED:
+                if decision.retry_in is None:
+                    self._set(State.FAILED, decision.reason)
+                    return
+                # Kubernetes' CrashLoopBackOff: not given up on, retried after a cool-down.
+                self.retry_at = self._clock.wall() + decision.retry_in
                 self._set(State.FAILED, decision.reason)
-                return
+                if not await self._pause(decision.retry_in):
+                    break
+                self.restarts += 1
+                continue
             self._set(State.CRASHED, decision.reason)
             self._set(State.BACKOFF, f"restarting in {decision.delay:.2f}s")
             if not await self._pause(decision.delay):

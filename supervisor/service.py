@@ -138,19 +138,37 @@ class Service:
             self._phase = Phase.HELD
 
     async def _bring_up(self) -> None:
-        self._phase = Phase.WAITING
-        try:
-            await asyncio.gather(
-                *(self._wait_dependency(dep, cond) for dep, cond in self._spec.depends_on.items())
-            )
-        except DependencyFailed as exc:
-            self.fail(str(exc))
-            self._ctx.hooks.service_event(self, "failed", str(exc))
-            return
+        while True:
+            self._phase = Phase.WAITING
+            try:
+                await asyncio.gather(
+                    *(self._wait_dependency(d, c) for d, c in self._spec.depends_on.items())
+                )
+                break
+            except DependencyFailed as exc:
+                self.fail(str(exc))
+                self._ctx.hooks.service_event(self, "failed", str(exc))
+            # Failed, and reported so (`up -d` says so): but when the dependency comes back
+            # (a crash loop retried after its cool-down, `corral start db`), so does this one.
+            if not await self._until_dependencies_may_recover():
+                return
         if not await self.prepare():
             self._ctx.hooks.service_event(self, "failed", self._error or "")
             return
         await self.start()
+
+    async def _until_dependencies_may_recover(self) -> bool:
+        """Wait until no dependency is known to fail its condition; False if one is gone."""
+        while True:
+            deps = [(self._ctx.lookup(name), cond) for name, cond in self._spec.depends_on.items()]
+            if any(dep is None for dep, _ in deps):
+                return False
+            failing = [
+                dep for dep, cond in deps if dep is not None and dep.satisfies(cond) is False
+            ]
+            if not failing:
+                return True
+            await failing[0].changed()
 
     async def _wait_dependency(self, name: str, condition: DependCondition) -> None:
         dep = self._ctx.lookup(name)
@@ -275,8 +293,14 @@ class Service:
     def notify(self) -> None:
         """Wake waiters on this service's condition (called on every instance state change)."""
         self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        """Return at the next change of this service or of one of its instances."""
+        await self._changed.wait()
 
     async def wait_for(self, condition: DependCondition) -> None:
+        """Return once `condition` is met; DependencyFailed if it cannot be (now)."""
         while True:
             met = self.satisfies(condition)
             if met:
@@ -285,8 +309,7 @@ class Service:
                 raise DependencyFailed(
                     f"dependency {self.name!r} failed ({self._error or 'see ps'})"
                 )
-            self._changed.clear()
-            await self._changed.wait()
+            await self.changed()
 
     # --- orders ----------------------------------------------------------------------------------
 

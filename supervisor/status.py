@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, TypedDict
 
 from config.model import Plan
+from config.units import format_duration
 
 from .sampler import ProcessSample
 from .states import UP
@@ -116,7 +117,7 @@ def _detail(detail: str, retry_at: float | None, now: float) -> str:
     if retry_at is None:
         return detail
     # First: `corral ps` cuts DETAIL at 60 characters, and when is what users look for.
-    return f"retry in {max(0, round(retry_at - now))}s: {detail}"
+    return f"retry in {format_duration(max(0, round(retry_at - now)))}: {detail}"
 
 
 def daemon_status(

@@ -493,3 +493,25 @@ def test_wrong_start_up_settings(tmp_path: Path, line: str, key: str, message: s
 
     assert error.key == f"services.api.{key}"
     assert message in error.message
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        ('crash_loop = "forever"', "crash_loop", 'expected "retry" or "stop", got "forever"'),
+        ("crash_loop = true", "crash_loop", 'expected "retry" or "stop", got true'),
+        ('crash_cooldown = "10s"', "crash_cooldown", 'expected a table, got "10s"'),
+        ('crash_cooldown = { initial = "0s" }', "crash_cooldown.initial", "a duration > 0"),
+        (
+            'crash_cooldown = { initial = "1m", max = "10s" }',
+            "crash_cooldown.max",
+            'expected a duration >= initial (1m), got "10s"',
+        ),
+        ('crash_cooldown = { min = "1s" }', "crash_cooldown", "unknown key 'min'"),
+    ],
+)
+def test_wrong_crash_loop_settings(tmp_path: Path, line: str, key: str, message: str) -> None:
+    error = _error(tmp_path, f'[services.api]\ncommand = "api"\n{line}\n')
+
+    assert error.key == f"services.api.{key}"
+    assert message in error.message

@@ -125,3 +125,15 @@ def test_render_shows_start_up_rules_that_are_not_the_default(tmp_path: Path) ->
     assert "  start       running after 5s up\n" in text
     assert "  start       ready within 2m\n" in text
     assert text.count("  start ") == 2  # d keeps the defaults: no line
+
+
+def test_render_shows_a_crash_loop_rule_that_is_not_the_default(tmp_path: Path) -> None:
+    (tmp_path / "corral.toml").write_text(
+        '[services.a]\ncommand = "a"\nvenv = false\ncrash_loop = "stop"\n'
+        '[services.b]\ncommand = "b"\nvenv = false\ncrash_cooldown = { initial = "1s", max = "1m" }\n'
+        '[services.c]\ncommand = "c"\nvenv = false\n'
+    )
+    text = render(load(tmp_path / "corral.toml", environ={}))
+    assert "  crash_loop  failed for good after 5 crashes in 1m\n" in text
+    assert "  crash_loop  retried 1s after 5 crashes in 1m, doubling to 1m\n" in text
+    assert text.count("  crash_loop  ") == 2

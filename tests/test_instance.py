@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from config.model import HealthKind, HealthSpec, RestartPolicy, ServiceSpec
+from config.model import CrashLoop, HealthKind, HealthSpec, RestartPolicy, ServiceSpec
 from supervisor.errors import IllegalTransition
 from supervisor.instance import Instance, Runtime, State
 from supervisor.logs import LogHub
@@ -69,7 +70,12 @@ async def running(
 
 async def test_crash_loop_backs_off_then_fails(tmp_path: Path) -> None:
     spec = _spec(
-        tmp_path, "raise SystemExit(3)", crash_limit=5, backoff_initial=0.5, backoff_max=2.0
+        tmp_path,
+        "raise SystemExit(3)",
+        crash_limit=5,
+        backoff_initial=0.5,
+        backoff_max=2.0,
+        crash_loop=CrashLoop.STOP,
     )
     hooks, clock = Hooks(), FakeClock()
     async with running(tmp_path, spec, hooks, clock) as inst:
@@ -86,7 +92,13 @@ async def test_crash_loop_backs_off_then_fails(tmp_path: Path) -> None:
 
 
 async def test_start_retries_a_failed_instance_with_a_fresh_history(tmp_path: Path) -> None:
-    spec = _spec(tmp_path, "raise SystemExit(1)", crash_limit=2, restart=RestartPolicy.ALWAYS)
+    spec = _spec(
+        tmp_path,
+        "raise SystemExit(1)",
+        crash_limit=2,
+        restart=RestartPolicy.ALWAYS,
+        crash_loop=CrashLoop.STOP,
+    )
     hooks, clock = Hooks(), FakeClock()
     async with running(tmp_path, spec, hooks, clock) as inst:
         inst.start()
@@ -165,3 +177,49 @@ async def test_a_port_never_opened_fails_the_start_after_start_timeout(tmp_path:
         assert inst.pid is None
         await inst.stop()
     hub.close()
+
+
+async def test_a_failed_instance_is_retried_after_its_cool_down(tmp_path: Path) -> None:
+    spec = _spec(
+        tmp_path,
+        "raise SystemExit(3)",
+        crash_limit=2,
+        cooldown_initial=10.0,
+        cooldown_max=40.0,
+        backoff_initial=0.5,
+    )
+    clock = FakeClock()
+    retries: list[float] = []
+    four = asyncio.Event()
+
+    class Watch(Hooks):
+        def state_changed(self, inst: Instance, old: State, new: State, detail: str) -> None:
+            super().state_changed(inst, old, new, detail)
+            if new is State.FAILED:
+                assert inst.retry_at is not None and inst.alive  # not given up on
+                assert detail.startswith("exit 3; crashed ")
+                retries.append(inst.retry_at - clock.wall())
+                if len(retries) == 4:
+                    four.set()
+
+    hooks = Watch()
+    async with running(tmp_path, spec, hooks, clock) as inst:
+        inst.start()
+        await asyncio.wait_for(four.wait(), 20)
+    # Cool-downs: 10 s, doubling, capped at 40 s; each one ends in a new start.
+    assert retries[:4] == [10.0, 20.0, 40.0, 40.0]
+    states = hooks.states()
+    after_failed = [b for a, b in itertools.pairwise(states) if a is State.FAILED]
+    assert set(after_failed) <= {State.STARTING, State.STOPPED} and State.STARTING in after_failed
+
+
+async def test_crash_loop_stop_keeps_it_failed_until_started(tmp_path: Path) -> None:
+    from config.model import CrashLoop
+
+    spec = _spec(tmp_path, "raise SystemExit(3)", crash_limit=2, crash_loop=CrashLoop.STOP)
+    hooks, clock = Hooks(), FakeClock()
+    async with running(tmp_path, spec, hooks, clock) as inst:
+        inst.start()
+        await inst.wait_for(frozenset({State.FAILED}))
+        await asyncio.sleep(0.1)
+        assert not inst.alive and inst.retry_at is None and inst.state is State.FAILED

@@ -92,7 +92,8 @@ async def test_crash_loop_marks_failed_while_siblings_serve(tmp_path: Path) -> N
         for name in ("web.1", "web.3"):
             port = next(r["port"] for r in rows_of(daemon, "web") if r["name"] == name)
             assert (await get_json(int(port)))["instance"] == name  # type: ignore[call-overload]
-        # Not retried on its own; `start` brings it back (and it crashes again, honestly).
+        # Retried after its cool-down (10 s by default); `start` brings it back at once (and it
+        # crashes again, honestly).
         await daemon.start(["web.2"])
         await wait_until(lambda: state_of(daemon, "web.2") in ("starting", "crashed", "backoff"))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -81,13 +82,23 @@ async def spawn(
             start_new_session=True,
             preexec_fn=_make_preexec(os.getpid()),  # type: ignore[arg-type]
         )
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+    except OSError as exc:
+        # Out of fds, memory or pids in the daemon is the daemon's trouble, not the program's.
+        transient = exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN)
+        raise SpawnError(f"cannot start {argv[0]!r}: {exc}", transient=transient) from exc
+    except (ValueError, subprocess.SubprocessError) as exc:
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from exc
+    except RuntimeError as exc:  # "can't start new thread" (the child watcher): no threads left
+        raise SpawnError(f"cannot start {argv[0]!r}: {exc}", transient=True) from exc
 
 
 # psutil's children(recursive=True) reads every /proc entry on each call; stopping 100
 # instances at once would scan /proc 100 times. One parent→children map serves a whole burst.
 _TREE_TTL = 0.1
+# SIGKILL cannot be ignored, but a process in uninterruptible sleep (a hung NFS read) dies
+# only when it leaves it: keep killing (and waiting) until it is reaped.
+_KILL_RETRY = 1.0
+_KILL_RETRY_MAX = 10.0
 _tree: tuple[float, dict[int, list[int]]] = (-1.0, {})
 
 
@@ -114,8 +125,16 @@ def _ppid_map() -> dict[int, int]:
 
 
 def descendants(pid: int) -> list[psutil.Process]:
-    """Every live descendant of pid (snapshot), for killing grandchildren that left the group."""
-    tree = _children_map()
+    """Every live descendant of pid (snapshot), for killing grandchildren that left the group.
+
+    Never raises: when /proc cannot be read (the daemon is out of fds) it returns what it can
+    (nothing); killing the process group needs no fd and still happens.
+    """
+    try:
+        tree = _children_map()
+    except (OSError, psutil.Error) as exc:
+        log.warning("cannot list the children of pid %d: %s", pid, exc)
+        return []
     found: list[psutil.Process] = []
     todo = list(tree.get(pid, ()))
     while todo:
@@ -140,7 +159,11 @@ def _kill_all(procs: Iterable[psutil.Process]) -> None:
 async def stop_tree(
     proc: asyncio.subprocess.Process, sig: int, timeout: float, *, name: str = ""
 ) -> int:
-    """Send sig to the process group, wait up to timeout, then SIGKILL the whole tree; reap it."""
+    """Send sig to the process group, wait up to timeout, then SIGKILL the whole tree; reap it.
+
+    Returns only once the process is reaped: a SIGKILL that does not take (a process stuck in
+    the kernel) is repeated, with growing pauses, rather than given up on.
+    """
     pid = proc.pid
     tree = descendants(pid)
     if proc.returncode is None:
@@ -156,11 +179,18 @@ async def stop_tree(
                 signal.Signals(sig).name,
                 timeout,
             )
-    reap_group(pid, tree)
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    return await asyncio.shield(proc.wait())
+    pause = _KILL_RETRY
+    while True:
+        reap_group(pid, [*tree, *descendants(pid)])
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        try:
+            async with asyncio.timeout(pause):
+                return await asyncio.shield(proc.wait())
+        except TimeoutError:
+            log.warning("%s (pid=%d) still alive after SIGKILL; killing again", name, pid)
+            pause = min(pause * 2, _KILL_RETRY_MAX)
 
 
 def reap_group(pgid: int, extra: Iterable[psutil.Process] = ()) -> None:

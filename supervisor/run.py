@@ -99,7 +99,7 @@ class ProcessRun:
         except SpawnError as exc:
             inst.sink.write("corral", str(exc))
             log.error("%s: %s", inst.name, exc)
-            return Outcome(code=None, transient=exc.transient)
+            return Outcome(code=None, cause=str(exc), transient=exc.transient)
         self._proc = proc
         self.started_at = self._clock.wall()
         self._started = self._clock.now()

@@ -26,6 +26,7 @@ from .process import kill_stale
 from .recorder import Recorder
 from .reload import PlanDiff, Reloader, diff
 from .sampler import Sampler, StatsSnapshot
+from .scope import Scopes
 from .service import Phase, Service, ServiceContext
 from .statefile import StateDir
 from .status import DaemonStatus, InstanceRow, daemon_status
@@ -57,6 +58,7 @@ class Daemon:
         self.traffic = Traffic()
         self._nursery = Nursery()
         self._forced = asyncio.Event()
+        self._scopes = Scopes(self.token, self._nursery.spawn, clock=clock)
         self._services: dict[str, Service] = {}
         self.ctx = ServiceContext(
             logs=self._logs,
@@ -65,7 +67,11 @@ class Daemon:
             hooks=self,
             token=self.token,
             runtime=Runtime(
-                hooks=self, spawn=self._nursery.spawn, clock=clock, forced=self._forced
+                hooks=self,
+                spawn=self._nursery.spawn,
+                clock=clock,
+                forced=self._forced,
+                scopes=self._scopes,
             ),
             lookup=self._services.get,
         )
@@ -143,7 +149,10 @@ class Daemon:
         ready: Callable[[], None] | None,
         companions: Sequence[Companion],
     ) -> None:
+        previous = self.state.read().get("token")
         self.state.reclaim()
+        self._scopes.open()  # per-instance cgroups, if this daemon may have them
+        self._scopes.remove_stale(previous if isinstance(previous, str) else None)
         scaled = self.state.scaled()
         for name, spec in self._plan.services.items():
             desired = spec.instances
@@ -174,6 +183,7 @@ class Daemon:
 
     async def _stop_everything(self) -> None:
         await self._nursery.stop_orders()  # and refuse new ones
+        self._scopes.closing = True  # one token sweep at the end instead of one per instance
         for service in self._services.values():
             service.cancel_bring_up()
         await self.ctx.venvs.aclose()  # a build in flight is killed, its half-made venv removed
@@ -185,6 +195,7 @@ class Daemon:
         # Catch-all: a process that escaped its group (double fork + setsid) still carries our
         # token in its environment; nothing we started outlives the daemon.
         await asyncio.to_thread(kill_stale, self.token, {}, 0.5 if forced else 2.0)
+        await asyncio.to_thread(self._scopes.close)
         # Nothing runs any more; the runtime scale counts stay for the next daemon.
         self._recorder.now()
         self._events.emit(Event("daemon", new="stopped"))
@@ -286,7 +297,9 @@ class Daemon:
 
     def status(self) -> DaemonStatus:
         proxy = self.traffic.describe() if self._plan.proxy is not None else None
-        return daemon_status(self._plan, self.started, proxy, self._services.values())
+        return daemon_status(
+            self._plan, self.started, proxy, self._services.values(), self._scopes.mechanism
+        )
 
     def resolve(self, targets: list[str]) -> list[Target]:
         """`api` → the whole service, `api.2` → one instance; unknown names raise TargetError."""

@@ -16,6 +16,7 @@ from .backoff import CrashHistory, Verdict, decide
 from .clock import SYSTEM_CLOCK, Clock
 from .logs import LogSink
 from .run import HOST, Outcome, ProcessRun
+from .scope import Scope, Scopes
 from .states import FINAL, UP, State, check
 
 __all__ = ["FINAL", "HOST", "UP", "Instance", "InstanceHooks", "Runtime", "State"]
@@ -45,6 +46,7 @@ class Runtime:
     spawn: Spawn  # the daemon's nursery: an instance's life is one of its tasks
     clock: Clock = SYSTEM_CLOCK
     forced: asyncio.Event = field(default_factory=asyncio.Event)  # second Ctrl-C: no draining
+    scopes: Scopes | None = None  # how an instance's escaped processes are found (scope.py)
 
 
 class Instance:
@@ -87,6 +89,7 @@ class Instance:
         self._history = CrashHistory(spec.crash_limit, spec.crash_window)
         self._task: asyncio.Task[None] | None = None
         self._run: ProcessRun | None = None
+        self.scope: Scope | None = None  # for the current life: its cgroup or token
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()  # ends a backoff or cool-down early (stop, or start)
         self._retry_requested = False
@@ -108,6 +111,9 @@ class Instance:
         # STARTING at once, not when the task first runs: whoever started it and waits for
         # it to get ready must not see the old (settled) state.
         self._set(State.STARTING)
+        scopes = self.runtime.scopes
+        if scopes is not None:
+            self.scope = scopes.for_instance(self.port_owner or f"{self.name}#{self.generation}")
         self._task = self.runtime.spawn(self._live(), f"instance:{self.name}")
 
     async def stop(self) -> None:
@@ -124,6 +130,8 @@ class Instance:
         self._wake.set()
         if self._run is not None:
             self._run.kill_now()
+        if self.scope is not None:
+            self.scope.kill_now()
 
     async def wait_for(self, states: frozenset[State], timeout: float | None = None) -> State:
         """Wait until the state is one of `states` (or final); return it."""
@@ -241,6 +249,9 @@ class Instance:
             log.exception("%s: supervisor error", self.name)
             self.runtime.hooks.internal_error(self, exc)
             self._set(State.FAILED, "internal supervisor error (see daemon log)", force=True)
+        finally:
+            if self.scope is not None:
+                self.scope.close()
 
     async def _lifecycle(self) -> None:
         while not self._stop.is_set():

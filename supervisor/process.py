@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -56,8 +56,19 @@ def base_environ(source: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _make_preexec(parent: int) -> object:
+def _make_preexec(parent: int, cgroup_procs: bytes | None) -> object:
     def preexec() -> None:
+        # Into the instance's cgroup before exec, so that nothing it starts can be outside it.
+        # If that fails the parent adopts it right after (Scope.adopt): a narrower race.
+        if cgroup_procs is not None:
+            try:
+                fd = os.open(cgroup_procs, os.O_WRONLY)
+                try:
+                    os.write(fd, str(os.getpid()).encode())
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
         # If the daemon dies (even SIGKILL/OOM) the kernel sends SIGTERM to the instance, so it
         # never runs on unsupervised; its own children are cleaned by the next daemon (token scan).
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -68,11 +79,18 @@ def _make_preexec(parent: int) -> object:
 
 
 async def spawn(
-    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    cgroup_procs: bytes | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start argv in a new session (its own process group), stdout/stderr piped to us."""
+    """Start argv in a new session (its own process group), stdout/stderr piped to us;
+    in the cgroup whose `cgroup.procs` is given, if any."""
+    loop = asyncio.get_running_loop()
     try:
-        return await asyncio.create_subprocess_exec(
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ExitProtocol(loop),
             *argv,
             cwd=cwd,
             env=dict(env),
@@ -80,8 +98,9 @@ async def spawn(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_make_preexec(os.getpid()),  # type: ignore[arg-type]
+            preexec_fn=_make_preexec(os.getpid(), cgroup_procs),
         )
+        return Child(transport, protocol, loop)
     except OSError as exc:
         # Out of fds, memory or pids in the daemon is the daemon's trouble, not the program's.
         transient = exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN)
@@ -90,6 +109,41 @@ async def spawn(
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from exc
     except RuntimeError as exc:  # "can't start new thread" (the child watcher): no threads left
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}", transient=True) from exc
+
+
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class Child(asyncio.subprocess.Process):
+    """asyncio's Process, whose wait() returns when the process has exited.
+
+    The stdlib loop's wait() also waits until every copy of the child's stdout/stderr pipes
+    is closed (uvloop's does not): a grandchild that escaped the group and holds them would
+    keep a stopped instance "stopping" for as long as it lives.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.SubprocessTransport,
+        protocol: _ExitProtocol,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(transport, protocol, loop)
+        self._exited = protocol.exited
+
+    async def wait(self) -> int:
+        await asyncio.shield(self._exited)
+        code = self.returncode
+        assert code is not None
+        return code
 
 
 # psutil's children(recursive=True) reads every /proc entry on each call; stopping 100
@@ -157,7 +211,12 @@ def _kill_all(procs: Iterable[psutil.Process]) -> None:
 
 
 async def stop_tree(
-    proc: asyncio.subprocess.Process, sig: int, timeout: float, *, name: str = ""
+    proc: asyncio.subprocess.Process,
+    sig: int,
+    timeout: float,
+    *,
+    name: str = "",
+    also: Callable[[int], None] | None = None,
 ) -> int:
     """Send sig to the process group, wait up to timeout, then SIGKILL the whole tree; reap it.
 
@@ -168,6 +227,8 @@ async def stop_tree(
     tree = descendants(pid)
     if proc.returncode is None:
         _signal_group(pid, sig)
+        if also is not None:
+            also(sig)  # the rest of the instance (its cgroup), escaped grandchildren included
         try:
             async with asyncio.timeout(timeout):
                 await proc.wait()

@@ -90,17 +90,29 @@ class ProcessRun:
             reap_group(proc.pid, descendants(proc.pid))
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
+            if self._inst.scope is not None:
+                self._inst.scope.kill_now()
 
     async def execute(self) -> Outcome:
         """Run the process once and say how it ended."""
         inst = self._inst
+        scope = inst.scope
+        if scope is not None:
+            self._env.update(scope.environ())
         try:
-            proc = await spawn(self._argv, cwd=inst.spec.cwd, env=self._env)
+            proc = await spawn(
+                self._argv,
+                cwd=inst.spec.cwd,
+                env=self._env,
+                cgroup_procs=scope.procs_file if scope is not None else None,
+            )
         except SpawnError as exc:
             inst.sink.write("corral", str(exc))
             log.error("%s: %s", inst.name, exc)
             return Outcome(code=None, cause=str(exc), transient=exc.transient)
         self._proc = proc
+        if scope is not None:
+            scope.adopt(proc.pid)
         self.started_at = self._clock.wall()
         self._started = self._clock.now()
         log.info("%s started (pid=%d, port=%s)", inst.name, proc.pid, inst.port)
@@ -140,6 +152,7 @@ class ProcessRun:
                 # The leader is gone; whatever it left in its group (or below it) goes too, or
                 # a stray worker would keep the port and the restart would fail.
                 reap_group(proc.pid, descendants(proc.pid))
+                await self._sweep(grace=0.0)
                 how = describe_exit(proc.returncode)
                 if proc.returncode == 0:
                     log.info("%s (pid=%d) exited: %s", inst.name, proc.pid, how)
@@ -159,13 +172,29 @@ class ProcessRun:
         inst.enter(State.STOPPING, "" if ordered or stop_for is None else stop_for.detail)
         if was_routable:
             await self._drain()
-        await stop_tree(proc, inst.spec.stop_signal, inst.spec.stop_timeout, name=inst.name)
+        scope = inst.scope
+        began = self._clock.now()
+        await stop_tree(
+            proc,
+            inst.spec.stop_signal,
+            inst.spec.stop_timeout,
+            name=inst.name,
+            also=scope.signal if scope is not None else None,
+        )
+        # What escaped the tree (double fork + setsid): in the cgroup, already signalled, it
+        # gets the rest of stop_timeout; found by its token, a short grace after SIGTERM.
+        left = max(0.0, inst.spec.stop_timeout - (self._clock.now() - began))
+        await self._sweep(grace=left if scope is not None and scope.cgroup else min(left, 1.0))
         if ordered or stop_for is None:
             return Outcome(stopped=True, code=proc.returncode)
         if stop_for.start_failed:
             return Outcome(code=proc.returncode, cause=stop_for.detail, start_failed=True)
         # A liveness restart counts as a crash for backoff and crash-loop accounting.
         return Outcome(code=proc.returncode or 1, cause="liveness check failed")
+
+    async def _sweep(self, grace: float) -> None:
+        if self._inst.scope is not None:
+            await self._inst.scope.sweep(grace)
 
     async def _drain(self) -> None:
         """Out of the proxy pool, in-flight requests finish (cut short by a forced stop)."""

@@ -59,6 +59,7 @@ class DaemonStatus(TypedDict):
     socket: str
     proxy: dict[str, object] | None
     services: dict[str, ServiceStatus]
+    containment: str  # "cgroup <path>" or "token": how escaped processes are found
 
 
 def instance_row(
@@ -121,7 +122,11 @@ def _detail(detail: str, retry_at: float | None, now: float) -> str:
 
 
 def daemon_status(
-    plan: Plan, started: float, proxy: dict[str, object] | None, services: Iterable[Service]
+    plan: Plan,
+    started: float,
+    proxy: dict[str, object] | None,
+    services: Iterable[Service],
+    containment: str,
 ) -> DaemonStatus:
     """`GET /v1/status` of the daemon running `plan` since `started` (wall clock)."""
     return DaemonStatus(
@@ -141,4 +146,5 @@ def daemon_status(
             )
             for s in services
         },
+        containment=containment,
     )

@@ -42,6 +42,14 @@ class CrashLoop(enum.Enum):
     STOP = "stop"  # failed for good, until `corral start`
 
 
+class Roll(enum.Enum):
+    """How a rolling restart replaces an instance."""
+
+    AUTO = "auto"  # config.load resolves it: IN_PLACE for a fixed port not behind the proxy
+    SURGE = "surge"  # start the replacement on a fresh port, then drain and stop the old one
+    IN_PLACE = "in-place"  # stop the old one, start the new one on the same port (N-1 up)
+
+
 class DependCondition(enum.Enum):
     STARTED = "started"  # the dependency's instances have been spawned
     HEALTHY = "healthy"  # every instance of the dependency is ready
@@ -140,6 +148,7 @@ class ServiceSpec:
     default_weight: int = 1  # from `weight = 2`, and for instances beyond `weights`
     drain_timeout: float = 30.0
     # Rolling operations and watch mode.
+    roll: Roll = Roll.AUTO
     max_surge: int = 1
     watch: tuple[str, ...] = ()
     watch_ignore: tuple[str, ...] = ()

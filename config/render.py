@@ -11,7 +11,7 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from config.model import CrashLoop, HealthKind, HealthSpec, Plan, ServiceSpec
+from config.model import CrashLoop, HealthKind, HealthSpec, Plan, Roll, ServiceSpec
 from config.units import format_duration, format_size
 
 _PLAIN = re.compile(r"[\w@%+=:,./{}-]+")
@@ -64,6 +64,8 @@ def _service_lines(spec: ServiceSpec, root: Path, proxied: bool) -> list[str]:
     }
     if spec.oneshot:
         fields["instances"] += ", oneshot"
+    if spec.port is not None:
+        fields["roll"] = _roll(spec)
     start = _start(spec)
     if start:
         fields["start"] = start
@@ -73,6 +75,13 @@ def _service_lines(spec: ServiceSpec, root: Path, proxied: bool) -> list[str]:
     if spec.watch:
         fields["watch"] = ", ".join(spec.watch)
     return [spec.name] + [f"  {key:<11} {value}" for key, value in fields.items()]
+
+
+def _roll(spec: ServiceSpec) -> str:
+    """What a rolling restart does with a fixed port."""
+    if spec.roll is Roll.IN_PLACE:
+        return f"in place, one at a time ({describe_ports(spec)} kept)"
+    return "surge onto fresh ports"
 
 
 def _start(spec: ServiceSpec) -> str:

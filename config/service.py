@@ -10,7 +10,7 @@ from pathlib import Path
 
 from config.environment import read_environment
 from config.health import read_health
-from config.model import Balance, CrashLoop, DependCondition, RestartPolicy, ServiceSpec
+from config.model import Balance, CrashLoop, DependCondition, RestartPolicy, Roll, ServiceSpec
 from config.routing import read_hash_key, read_route, read_weights
 from config.table import Table
 from config.units import format_duration
@@ -22,7 +22,7 @@ _ALLOWED = (
     *("restart", "stop_signal", "stop_timeout", "depends_on", "oneshot", "health"),
     *("crash_limit", "crash_window", "backoff", "route", "balance", "hash_on", "weight"),
     *("drain_timeout", "max_surge", "watch", "watch_ignore", "min_uptime", "start_timeout"),
-    *("crash_loop", "crash_cooldown"),
+    *("crash_loop", "crash_cooldown", "roll"),
 )
 
 
@@ -78,6 +78,7 @@ def read_service(
         weights=weights,
         default_weight=default_weight,
         drain_timeout=table.duration("drain_timeout", 30.0),
+        roll=table.choice("roll", Roll, Roll.AUTO),
         max_surge=table.integer("max_surge", 1, minimum=1),
         watch=table.strings("watch"),
         watch_ignore=table.strings("watch_ignore"),

@@ -30,6 +30,10 @@ class RollTarget(Protocol):
         """Make `new` the current instance of its slot."""
         ...
 
+    def respawn(self, index: int) -> Instance:
+        """A new current incarnation for slot `index`, on its configured port."""
+        ...
+
     async def stop_instances(self, insts: list[Instance]) -> None:
         """Stop them and release their ports."""
         ...
@@ -72,6 +76,25 @@ class Roller:
                 target.promote(new)
             self.retiring.extend(batch)
             await self._retire(target, batch)
+
+    async def in_place(self, target: RollTarget, olds: list[Instance]) -> None:
+        """Stop one old instance, start its replacement on the same port, wait until it is
+        ready; then the next. Ports stay what they are (an external balancer pointing at
+        them sees N-1 up meanwhile). A replacement that never gets ready stops the roll; it
+        stays in its slot (its own crash-loop policy applies) and the others keep the old
+        version."""
+        for done, old in enumerate(olds):
+            # Still the slot's current instance while it stops: `ps` shows it "stopping".
+            await target.stop_instances([old])
+            new = target.respawn(old.index)
+            state = await _ready(new)
+            if state not in UP:
+                why = f"{state.value}: {new.detail or 'no detail'}"
+                untouched = len(olds) - done - 1
+                raise RollFailed(
+                    f"{new.name}: replacement never became ready ({why}); roll stopped, "
+                    f"{untouched} instance(s) not rolled yet still run the old version"
+                )
 
     async def _retire(self, target: RollTarget, insts: list[Instance]) -> None:
         await target.stop_instances(insts)

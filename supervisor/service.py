@@ -14,7 +14,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
-from config.model import DependCondition, ServiceSpec
+from config.model import DependCondition, Roll, ServiceSpec
 
 from .dependency import satisfies
 from .errors import DependencyFailed, PortInUse, RollFailed, SupervisorError, VenvError
@@ -370,7 +370,10 @@ class Service:
     async def _roll(self, targets: list[Instance]) -> None:
         self._phase = Phase.ROLLING
         try:
-            await self._roller.surge(self, targets)
+            if self._spec.roll is Roll.IN_PLACE:
+                await self._roller.in_place(self, targets)
+            else:
+                await self._roller.surge(self, targets)
         finally:
             if not self._closed:
                 self._phase = Phase.RUNNING
@@ -382,6 +385,9 @@ class Service:
 
     def promote(self, new: Instance) -> None:
         self._instances[new.index] = new
+
+    def respawn(self, index: int) -> Instance:
+        return self._spawn(index)
 
     async def stop_instances(self, insts: list[Instance]) -> None:
         await self._stop_instances(insts)

@@ -515,3 +515,10 @@ def test_wrong_crash_loop_settings(tmp_path: Path, line: str, key: str, message:
 
     assert error.key == f"services.api.{key}"
     assert message in error.message
+
+
+def test_roll_must_be_a_known_strategy(tmp_path: Path) -> None:
+    error = _error(tmp_path, '[services.api]\ncommand = "api"\nroll = "blue-green"\n')
+
+    assert error.key == "services.api.roll"
+    assert error.message == 'expected "auto" or "surge" or "in-place", got "blue-green"'

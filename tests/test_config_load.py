@@ -457,3 +457,32 @@ def test_the_plan_is_immutable_all_the_way_down(tmp_path: Path) -> None:
         plan, services={**plan.services, "a": dataclasses.replace(plan.services["a"], instances=2)}
     )
     assert bigger.services["a"].instances == 2 and plan.services["a"].instances == 1
+
+
+def test_roll_auto_keeps_fixed_ports_unless_behind_the_proxy(tmp_path: Path) -> None:
+    from config.model import Roll
+
+    path = tmp_path / "corral.toml"
+    path.write_text(
+        '[services.fixed]\ncommand = "a"\nvenv = false\nport = 8001\n'
+        '[services.auto]\ncommand = "b"\nvenv = false\nport = "auto"\n'
+        '[services.none]\ncommand = "c"\nvenv = false\n'
+        '[services.told]\ncommand = "d"\nvenv = false\nport = 9001\nroll = "surge"\n'
+    )
+    rolls = {n: s.roll for n, s in load(path, environ={}).services.items()}
+    assert rolls == {
+        "fixed": Roll.IN_PLACE,
+        "auto": Roll.SURGE,
+        "none": Roll.SURGE,
+        "told": Roll.SURGE,
+    }
+    # Behind Corral's proxy a fixed port need not stay: replacements surge (no gap at all),
+    # unless told otherwise.
+    path.write_text(
+        '[proxy]\nlisten = "127.0.0.1:0"\n'
+        '[services.web]\ncommand = "a"\nvenv = false\nport = 8001\nroute = { path = "/" }\n'
+        '[services.kept]\ncommand = "b"\nvenv = false\nport = 9001\nroll = "in-place"\n'
+        'route = { path = "/k" }\n'
+    )
+    rolls = {n: s.roll for n, s in load(path, environ={}).services.items()}
+    assert rolls == {"web": Roll.SURGE, "kept": Roll.IN_PLACE}

@@ -68,6 +68,7 @@ def test_render(tmp_path: Path) -> None:
           depends_on  -
           restart     always, stop SIGTERM then SIGKILL after 10s
           route       not proxied
+          roll        in place, one at a time (port 5432 kept)
 
         api
           command     python app.py --port {{port}}
@@ -79,6 +80,7 @@ def test_render(tmp_path: Path) -> None:
           depends_on  db (healthy)
           restart     always, stop SIGTERM then SIGKILL after 10s
           route       api.localhost/api -> hash on header X-User, weights [3, 1], strip prefix
+          roll        surge onto fresh ports
 
         jobs
           command     python jobs.py

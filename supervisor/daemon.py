@@ -16,7 +16,7 @@ from config.model import Plan
 
 from . import systemd
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import SupervisorError, TargetError
+from .errors import SupervisorError, TargetError, VenvError
 from .events import Event, EventBus
 from .instance import FINAL, UP, Instance, Runtime, State
 from .logs import LogHub
@@ -392,7 +392,7 @@ class Daemon:
         """Move to `new`: a pure diff against the plan in force, applied through Service methods."""
         async with self._plan_lock:
             old = self._plan
-            changes = diff(old, new)
+            changes = diff(old, new, await self._outdated_venvs(new))
             # [daemon] settings need a restart of the daemon; keep the ones in force.
             self._plan = dataclasses.replace(new, daemon=old.daemon)
             # The proxy learns about new pools before instances become ready in them, and
@@ -427,6 +427,21 @@ class Daemon:
             if not isinstance(failure, SupervisorError):
                 log.error("reload step failed", exc_info=failure)
         return dataclasses.replace(changes, errors=tuple(str(f) for f in failures))
+
+    async def _outdated_venvs(self, new: Plan) -> set[str]:
+        """Services whose running venv is not the one `new` asks for (requirements edited)."""
+        outdated = set()
+        for name, service in self._services.items():
+            spec = new.services.get(name)
+            if spec is None or not spec.venv or service.venv is None:
+                continue
+            try:
+                wanted = await asyncio.to_thread(self.ctx.venvs.path_for, spec)
+            except VenvError:
+                wanted = None  # the interpreter is gone: the roll's build will say so
+            if wanted != service.venv:
+                outdated.add(name)
+        return outdated
 
     async def _remove(self, name: str) -> None:
         await self._services[name].shutdown()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
@@ -46,6 +46,7 @@ class PlanDiff:
     added: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
     rolled: tuple[str, ...] = ()  # process-affecting change: rolling restart
+    rebuilt: tuple[str, ...] = ()  # of those, rolled because their requirements changed
     updated: tuple[str, ...] = ()  # in-place change (routing, policies)
     scaled: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     proxy_changed: bool = False
@@ -55,7 +56,12 @@ class PlanDiff:
     def lines(self) -> list[str]:
         out = [f"+ {n}: new service, starting" for n in self.added]
         out += [f"- {n}: removed, draining and stopping" for n in self.removed]
-        out += [f"~ {n}: changed, rolling restart" for n in self.rolled]
+        out += [
+            f"~ {n}: requirements changed, new virtualenv, rolling restart"
+            if n in self.rebuilt
+            else f"~ {n}: changed, rolling restart"
+            for n in self.rolled
+        ]
         out += [f"~ {n}: settings updated in place" for n in self.updated]
         out += [f"~ {n}: scaling to {c}" for n, c in self.scaled.items()]
         if self.proxy_changed:
@@ -74,11 +80,16 @@ def _changed_fields(old: ServiceSpec, new: ServiceSpec) -> set[str]:
     }
 
 
-def diff(old: Plan, new: Plan) -> PlanDiff:
-    """Pure: what a reload from `old` to `new` must do."""
+def diff(old: Plan, new: Plan, venvs_changed: Collection[str] = ()) -> PlanDiff:
+    """Pure: what a reload from `old` to `new` must do.
+
+    `venvs_changed`: services whose venv key (interpreter + requirements contents, which
+    the plans do not hold) differs from the venv they run in; they roll onto a new one.
+    """
     added = tuple(n for n in new.services if n not in old.services)
     removed = tuple(n for n in old.services if n not in new.services)
     rolled: list[str] = []
+    rebuilt: list[str] = []
     updated: list[str] = []
     scaled: dict[str, int] = {}
     for name in new.services:
@@ -90,6 +101,9 @@ def diff(old: Plan, new: Plan) -> PlanDiff:
             changed.discard("instances")
         if changed & PROCESS_FIELDS:
             rolled.append(name)
+        elif name in venvs_changed:
+            rolled.append(name)
+            rebuilt.append(name)
         elif changed:
             updated.append(name)
     needs_restart = []
@@ -103,6 +117,7 @@ def diff(old: Plan, new: Plan) -> PlanDiff:
         added=added,
         removed=removed,
         rolled=tuple(rolled),
+        rebuilt=tuple(rebuilt),
         updated=tuple(updated),
         scaled=MappingProxyType(scaled),
         proxy_changed=old.proxy != new.proxy,

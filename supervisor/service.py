@@ -350,9 +350,18 @@ class Service:
                     await self._revive(inst)
 
     async def restart(self, indexes: Iterable[int] | None = None, *, rolling: bool = True) -> None:
-        """Restart instances: rolling (replacement first, then drain the old) or all at once."""
+        """Restart instances: rolling (replacement first, then drain the old) or all at once.
+
+        With a venv, its requirements are checked first: if they changed (by hash), the new
+        venv is built while the old one serves, and the restart moves onto it.
+        """
         async with self._lock:
             self._check_open()
+            if self._spec.venv and not await self.prepare():
+                raise SupervisorError(
+                    f"{self.name}: not restarted, the running instances keep their venv: "
+                    f"{self._error}"
+                )
             targets = self._pick(indexes)
             if not rolling or self._spec.oneshot:
                 await asyncio.gather(*(inst.stop() for inst in targets))

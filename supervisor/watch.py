@@ -127,9 +127,7 @@ async def apply(daemon: Daemon, reloader: Reloader, actions: Actions) -> None:
         if service is None:
             continue
         if name in actions.rebuild:
-            # The old venv keeps serving the running instances until the new one is built.
+            # The restart builds the new venv first; the old one serves until then.
             log.info("watch: %s requirements changed, rebuilding its venv", name)
-            if not await service.prepare():
-                continue
         log.info("watch: %s changed, rolling restart", name)
         await daemon.restart([name], rolling=True)

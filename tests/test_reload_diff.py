@@ -105,3 +105,10 @@ async def test_service_and_daemon_state_is_read_only_from_outside(tmp_path: Path
             service.instances[9] = service.instances[1]  # type: ignore[index]
         with pytest.raises(TypeError):
             daemon.services["other"] = service  # type: ignore[index]
+
+
+def test_a_changed_venv_key_rolls_a_service_whose_config_is_the_same(tmp_path: Path) -> None:
+    plan = _load(tmp_path, "a.toml", _sleeper("api") + _sleeper("worker"))
+    changes = diff(plan, plan, venvs_changed={"api"})
+    assert changes.rolled == ("api",) and changes.rebuilt == ("api",)
+    assert changes.lines() == ["~ api: requirements changed, new virtualenv, rolling restart"]

@@ -40,11 +40,12 @@ class DaemonView(Protocol):
     def desired_counts(self) -> Mapping[str, int]: ...
 
     def stats(self) -> StatsSnapshot:
-        """The latest CPU/RSS samples (taken every couple of seconds by the daemon)."""
+        """The latest CPU/RSS samples (every 10 s; every 2 s while someone follows them)."""
         ...
 
     async def next_stats(self, seq: int) -> StatsSnapshot:
-        """The first stats snapshot after `seq`: a periodic feed for live views."""
+        """The first stats snapshot after `seq`: a periodic feed for live views (following it
+        switches the daemon to the 2 s schedule)."""
         ...
 
     def proxy_metrics(self) -> str:

@@ -17,6 +17,7 @@ from .fakeclock import FakeClock
 async def test_reading_does_not_change_the_numbers_and_rounds_advance_the_sequence() -> None:
     busy = await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
     try:
+        await wait_until(lambda: psutil.Process(busy.pid).memory_info().rss > 0)  # exec'd
         clock = FakeClock()
         sampler = Sampler(lambda: [busy.pid], clock=clock)
         sampler.track(busy.pid)  # first sample when it comes up: RSS known, CPU baseline
@@ -42,9 +43,11 @@ async def test_periodic_feed_and_gone_processes() -> None:
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "import time; time.sleep(60)"
     )
+    # Just forked, mid-exec, a process may show no RSS yet; sample one that has started.
+    await wait_until(lambda: psutil.Process(child.pid).memory_info().rss > 0)
     pids = [child.pid]
     clock = FakeClock()
-    sampler = Sampler(lambda: pids, interval=2.0, clock=clock)
+    sampler = Sampler(lambda: pids, interval=10.0, followed_interval=2.0, clock=clock)
     runner = asyncio.create_task(sampler.run())
     try:
         snap = await asyncio.wait_for(sampler.next_after(0), 5)
@@ -52,10 +55,15 @@ async def test_periodic_feed_and_gone_processes() -> None:
         child.kill()
         await child.wait()
         pids.clear()
-        later = await asyncio.wait_for(sampler.next_after(snap.seq), 5)
+        async with asyncio.timeout(5):  # awaited here: it follows from the current snapshot
+            later = await sampler.next_after(sampler.latest.seq)
         assert later.seq > snap.seq and child.pid not in later.processes
         assert later.of(None).rss_bytes == 0 and later.of(os.getpid()).rss_bytes == 0
-        assert 2.0 in clock.sleeps
+        # Followed by a live view: the fast schedule; nobody following: the slow one.
+        assert 2.0 in clock.waits
+        seen = len(clock.waits)
+        await asyncio.sleep(0.05)
+        assert set(clock.waits[seen:]) == {10.0}
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)

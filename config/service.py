@@ -166,22 +166,20 @@ def _read_depends_on(table: Table) -> dict[str, DependCondition]:
 
 
 def _read_backoff(table: Table) -> tuple[float, float]:
-    backoff = table.table("backoff", ("initial", "max"))
-    if backoff is None:
-        return 0.1, 30.0
-    initial = backoff.duration("initial", 0.1, positive=True)
-    maximum = backoff.duration("max", max(30.0, initial), positive=True)
-    if maximum < initial:
-        raise backoff.expected("max", f"a duration >= initial ({format_duration(initial)})")
-    return initial, maximum
+    return _read_growth(table, "backoff", 0.1, 30.0)
 
 
 def _read_cooldown(table: Table) -> tuple[float, float]:
-    cooldown = table.table("crash_cooldown", ("initial", "max"))
-    if cooldown is None:
-        return 10.0, 300.0
-    initial = cooldown.duration("initial", 10.0, positive=True)
-    maximum = cooldown.duration("max", max(300.0, initial), positive=True)
-    if maximum < initial:
-        raise cooldown.expected("max", f"a duration >= initial ({format_duration(initial)})")
-    return initial, maximum
+    return _read_growth(table, "crash_cooldown", 10.0, 300.0)
+
+
+def _read_growth(table: Table, key: str, initial: float, maximum: float) -> tuple[float, float]:
+    """A `{ initial, max }` table of a delay that doubles from `initial` up to `max`."""
+    sub = table.table(key, ("initial", "max"))
+    if sub is None:
+        return initial, maximum
+    first = sub.duration("initial", initial, positive=True)
+    cap = sub.duration("max", max(maximum, first), positive=True)
+    if cap < first:
+        raise sub.expected("max", f"a duration >= initial ({format_duration(first)})")
+    return first, cap

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from types import MappingProxyType
 from typing import Any, TypeVar
 
-import config
 from config.model import Plan
 
 from . import systemd
 from .clock import SYSTEM_CLOCK, Clock
-from .errors import SupervisorError, TargetError, VenvError
 from .events import Event, EventBus
 from .instance import FINAL, UP, Instance, Runtime, State
 from .logs import LogHub
@@ -24,13 +20,14 @@ from .nursery import Nursery
 from .ports import PortAllocator
 from .process import kill_stale
 from .recorder import Recorder
-from .reload import PlanDiff, Reloader, diff
+from .registry import Registry
+from .reload import PlanDiff, Reloader
 from .sampler import Sampler, StatsSnapshot
 from .scope import Scopes
 from .service import Phase, Service, ServiceContext
 from .statefile import StateDir
 from .status import DaemonStatus, InstanceRow, daemon_status
-from .targets import Target, resolve
+from .targets import Target
 from .traffic import Traffic
 from .venv import VenvBuilder
 
@@ -48,7 +45,6 @@ class Daemon:
     """Everything one `corral up` / `corral daemon` runs."""
 
     def __init__(self, plan: Plan, *, clock: Clock = SYSTEM_CLOCK) -> None:
-        self._plan = plan
         self.token = secrets.token_hex(8)
         self.started = time.time()
         d = plan.daemon
@@ -59,7 +55,7 @@ class Daemon:
         self._nursery = Nursery()
         self._forced = asyncio.Event()
         self._scopes = Scopes(self.token, self._nursery.spawn, clock=clock)
-        self._services: dict[str, Service] = {}
+        self._registry = Registry(plan, self.traffic)  # the plan and the services
         self.ctx = ServiceContext(
             logs=self._logs,
             ports=PortAllocator(),
@@ -73,12 +69,14 @@ class Daemon:
                 forced=self._forced,
                 scopes=self._scopes,
             ),
-            lookup=self._services.get,
+            lookup=self._registry.get,
         )
+        self._registry.use(self.ctx)
         self._sampler = Sampler(self._pids, clock=clock)
         self._reloader = Reloader(self)
-        self._plan_lock = asyncio.Lock()  # one plan change at a time (reload, scale --save)
-        self._recorder = Recorder(self.state, self.token, self._recorded_pids, self._scaled_counts)
+        self._recorder = Recorder(
+            self.state, self.token, self._recorded_pids, self._registry.scaled_counts
+        )
         self.shutdown_requested = asyncio.Event()
         self.internal_errors = 0  # bugs caught in instance lives (tests assert none)
 
@@ -86,11 +84,11 @@ class Daemon:
 
     @property
     def plan(self) -> Plan:
-        return self._plan
+        return self._registry.plan
 
     @property
     def services(self) -> Mapping[str, Service]:
-        return MappingProxyType(self._services)
+        return self._registry.services
 
     @property
     def logs(self) -> LogHub:
@@ -119,7 +117,7 @@ class Daemon:
         from .control import ControlServer
 
         self.state.lock()
-        control = ControlServer(self, self._plan.daemon.socket)
+        control = ControlServer(self, self.plan.daemon.socket)
         failed: Exception | None = None
         try:
             async with asyncio.TaskGroup() as group:
@@ -153,21 +151,16 @@ class Daemon:
         self.state.reclaim()
         self._scopes.open()  # per-instance cgroups, if this daemon may have them
         self._scopes.remove_stale(previous if isinstance(previous, str) else None)
-        scaled = self.state.scaled()
-        for name, spec in self._plan.services.items():
-            desired = spec.instances
-            if name in scaled and scaled[name][1] == spec.instances:
-                desired = scaled[name][0]  # a runtime scale outlives restarts of the daemon
-            self._services[name] = Service(spec, self.ctx, desired)
+        self._registry.populate(self.state.scaled())
         self._recorder.now()
         # The proxy binds first: if its port is taken the daemon exits before it answers
         # on the control socket, so `up -d` reports the error instead of a half-started stack.
-        if self._plan.proxy is not None:
-            self.traffic.configure(self._plan)
-            await self.traffic.start(self._plan.proxy)
+        if self.plan.proxy is not None:
+            self.traffic.configure(self.plan)
+            await self.traffic.start(self.plan.proxy)
         await control.open()
-        self._events.emit(Event("daemon", new="started", detail=str(self._plan.path)))
-        for service in self._services.values():
+        self._events.emit(Event("daemon", new="started", detail=str(self.plan.path)))
+        for service in self.services.values():
             service.bring_up()
         self._nursery.spawn(self._sampler.run(), "stats")
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
@@ -184,12 +177,9 @@ class Daemon:
     async def _stop_everything(self) -> None:
         await self._nursery.stop_orders()  # and refuse new ones
         self._scopes.closing = True  # one token sweep at the end instead of one per instance
-        for service in self._services.values():
-            service.cancel_bring_up()
+        self._registry.cancel_bring_ups()
         await self.ctx.venvs.aclose()  # a build in flight is killed, its half-made venv removed
-        # Dependents first: an api should not lose its database while it is still draining.
-        for service in reversed(list(self._services.values())):
-            await service.shutdown()
+        await self._registry.shutdown()
         forced = self._forced.is_set()
         await self.traffic.stop(grace=0.0 if forced else 5.0)
         # Catch-all: a process that escaped its group (double fork + setsid) still carries our
@@ -233,7 +223,7 @@ class Daemon:
             )
         )
         self.traffic.state_changed(inst, old, new)
-        service = self._services.get(inst.spec.name)
+        service = self._registry.get(inst.spec.name)
         if service is not None:
             service.notify()
         if new in UP and inst.pid is not None:
@@ -256,24 +246,17 @@ class Daemon:
     def _recorded_pids(self) -> dict[str, int]:
         return {inst.key: inst.pid for inst in self.instances() if inst.pid is not None}
 
-    def _scaled_counts(self) -> dict[str, list[int]]:
-        return {
-            name: [s.desired, s.spec.instances]
-            for name, s in self._services.items()
-            if s.desired != s.spec.instances
-        }
-
     # --- queries -------------------------------------------------------------------------------------
 
     def instances(self) -> list[Instance]:
-        return [inst for service in self._services.values() for inst in service.everything()]
+        return self._registry.instances()
 
     def _pids(self) -> list[int]:
         return [inst.pid for inst in self.instances() if inst.pid is not None]
 
     def ps(self) -> list[InstanceRow]:
         stats, now = self._sampler.latest, time.time()
-        return [row for service in self._services.values() for row in service.rows(stats, now)]
+        return [row for service in self.services.values() for row in service.rows(stats, now)]
 
     def stats(self) -> StatsSnapshot:
         return self._sampler.latest
@@ -282,10 +265,10 @@ class Daemon:
         return await self._sampler.next_after(seq)
 
     def service_names(self) -> list[str]:
-        return list(self._services)
+        return list(self.services)
 
     def desired_counts(self) -> dict[str, int]:
-        return {name: s.desired for name, s in self._services.items()}
+        return {name: s.desired for name, s in self.services.items()}
 
     def proxy_metrics(self) -> str:
         return self.traffic.metrics()
@@ -296,14 +279,15 @@ class Daemon:
         return f"{up}/{len(insts)} instances up"
 
     def status(self) -> DaemonStatus:
-        proxy = self.traffic.describe() if self._plan.proxy is not None else None
+        plan = self.plan
+        proxy = self.traffic.describe() if plan.proxy is not None else None
         return daemon_status(
-            self._plan, self.started, proxy, self._services.values(), self._scopes.mechanism
+            plan, self.started, proxy, self.services.values(), self._scopes.mechanism
         )
 
     def resolve(self, targets: list[str]) -> list[Target]:
         """`api` → the whole service, `api.2` → one instance; unknown names raise TargetError."""
-        return resolve(self._services, targets)
+        return self._registry.resolve(targets)
 
     def cancel_bring_up(self, service: Service) -> bool:
         """Stop `service` waiting on dependencies / its venv; True if it was waiting."""
@@ -356,13 +340,9 @@ class Daemon:
         await self.order(self._scale(counts), "scale")
 
     async def _scale(self, counts: dict[str, int]) -> None:
-        for name in counts:
-            if name not in self._services:
-                known = ", ".join(self._services) or "none"
-                raise TargetError(
-                    f"scale takes service names; no service {name!r} (services: {known})"
-                )
-        await asyncio.gather(*(self._services[name].scale(n) for name, n in counts.items()))
+        self._registry.check_scalable(counts)
+        services = self.services
+        await asyncio.gather(*(services[name].scale(n) for name, n in counts.items()))
         for name, n in counts.items():
             self._events.emit(Event("scale", service=name, new=str(n)))
         self._recorder.now()
@@ -372,16 +352,7 @@ class Daemon:
         await self.order(self._save_counts(counts), "scale --save")
 
     async def _save_counts(self, counts: dict[str, int]) -> None:
-        async with self._plan_lock:
-            for name, count in counts.items():
-                await asyncio.to_thread(config.set_instances, self._plan.path, name, count)
-                service = self._services[name]
-                # The config now says so: this is no longer a runtime override.
-                spec = dataclasses.replace(service.spec, instances=count)
-                service.update(spec)
-                self._plan = dataclasses.replace(
-                    self._plan, services={**self._plan.services, name: spec}
-                )
+        await self._registry.save_counts(counts)
         self._recorder.now()
 
     async def reload(self) -> dict[str, list[str]]:
@@ -390,62 +361,7 @@ class Daemon:
 
     async def apply_plan(self, new: Plan) -> PlanDiff:
         """Move to `new`: a pure diff against the plan in force, applied through Service methods."""
-        async with self._plan_lock:
-            old = self._plan
-            changes = diff(old, new, await self._outdated_venvs(new))
-            # [daemon] settings need a restart of the daemon; keep the ones in force.
-            self._plan = dataclasses.replace(new, daemon=old.daemon)
-            # The proxy learns about new pools before instances become ready in them, and
-            # forgets removed ones only after they drained.
-            if new.proxy is not None and old.proxy is not None:
-                self.traffic.configure(self._plan, self.instances())
-            for name in changes.added:
-                service = self._services[name] = Service(new.services[name], self.ctx)
-                service.bring_up()
-            work: list[Coroutine[Any, Any, None]] = []
-            for name in changes.rolled:
-                work.append(self._services[name].roll_onto(new.services[name]))
-            for name in changes.updated:
-                self._services[name].update(new.services[name])
-            for name, count in changes.scaled.items():
-                if name not in changes.rolled:
-                    work.append(self._services[name].scale(count))
-            for name in changes.removed:
-                work.append(self._remove(name))
-            results = await asyncio.gather(*work, return_exceptions=True)
-            # Keep dependency order for everything that stays.
-            order = {name: i for i, name in enumerate(new.services)}
-            reordered = sorted(self._services.items(), key=lambda kv: order.get(kv[0], len(order)))
-            self._services.clear()
-            self._services.update(reordered)
-            if new.proxy is not None and old.proxy is not None:
-                self.traffic.configure(self._plan, self.instances())
-        failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures:
-            if isinstance(failure, asyncio.CancelledError):
-                raise failure  # shutdown interrupted the reload
-            if not isinstance(failure, SupervisorError):
-                log.error("reload step failed", exc_info=failure)
-        return dataclasses.replace(changes, errors=tuple(str(f) for f in failures))
-
-    async def _outdated_venvs(self, new: Plan) -> set[str]:
-        """Services whose running venv is not the one `new` asks for (requirements edited)."""
-        outdated = set()
-        for name, service in self._services.items():
-            spec = new.services.get(name)
-            if spec is None or not spec.venv or service.venv is None:
-                continue
-            try:
-                wanted = await asyncio.to_thread(self.ctx.venvs.path_for, spec)
-            except VenvError:
-                wanted = None  # the interpreter is gone: the roll's build will say so
-            if wanted != service.venv:
-                outdated.add(name)
-        return outdated
-
-    async def _remove(self, name: str) -> None:
-        await self._services[name].shutdown()
-        del self._services[name]
+        return await self._registry.apply(new)
 
 
 async def _watchdog(interval: float) -> None:

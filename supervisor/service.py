@@ -16,7 +16,7 @@ from typing import Protocol
 
 from config.model import DependCondition, Roll, ServiceSpec
 
-from .dependency import satisfies
+from .dependency import satisfies, until_recoverable, wait_for_all, wait_for_condition
 from .errors import DependencyFailed, PortInUse, RollFailed, SupervisorError, VenvError
 from .instance import Instance, InstanceHooks, Runtime
 from .logs import LogHub
@@ -25,7 +25,7 @@ from .process import base_environ
 from .roll import Roller
 from .sampler import StatsSnapshot
 from .states import Phase, State
-from .status import InstanceRow, instance_row, placeholder_row
+from .status import InstanceRow, service_rows
 from .venv import VenvBuilder
 
 __all__ = ["DependencyFailed", "Phase", "RollFailed", "Service", "ServiceContext"]
@@ -141,40 +141,19 @@ class Service:
         while True:
             self._phase = Phase.WAITING
             try:
-                await asyncio.gather(
-                    *(self._wait_dependency(d, c) for d, c in self._spec.depends_on.items())
-                )
+                await wait_for_all(self._spec.depends_on, self._ctx.lookup)
                 break
             except DependencyFailed as exc:
                 self.fail(str(exc))
                 self._ctx.hooks.service_event(self, "failed", str(exc))
             # Failed, and reported so (`up -d` says so): but when the dependency comes back
             # (a crash loop retried after its cool-down, `corral start db`), so does this one.
-            if not await self._until_dependencies_may_recover():
+            if not await until_recoverable(self._spec.depends_on, self._ctx.lookup):
                 return
         if not await self.prepare():
             self._ctx.hooks.service_event(self, "failed", self._error or "")
             return
         await self.start()
-
-    async def _until_dependencies_may_recover(self) -> bool:
-        """Wait until no dependency is known to fail its condition; False if one is gone."""
-        while True:
-            deps = [(self._ctx.lookup(name), cond) for name, cond in self._spec.depends_on.items()]
-            if any(dep is None for dep, _ in deps):
-                return False
-            failing = [
-                dep for dep, cond in deps if dep is not None and dep.satisfies(cond) is False
-            ]
-            if not failing:
-                return True
-            await failing[0].changed()
-
-    async def _wait_dependency(self, name: str, condition: DependCondition) -> None:
-        dep = self._ctx.lookup(name)
-        if dep is None:  # removed by a reload while we waited
-            raise DependencyFailed(f"dependency {name!r} no longer exists")
-        await dep.wait_for(condition)
 
     async def prepare(self) -> bool:
         """Build (or reuse) the venv. False, with `error` set, if this service cannot run."""
@@ -301,15 +280,7 @@ class Service:
 
     async def wait_for(self, condition: DependCondition) -> None:
         """Return once `condition` is met; DependencyFailed if it cannot be (now)."""
-        while True:
-            met = self.satisfies(condition)
-            if met:
-                return
-            if met is False:
-                raise DependencyFailed(
-                    f"dependency {self.name!r} failed ({self._error or 'see ps'})"
-                )
-            await self.changed()
+        await wait_for_condition(self, condition)
 
     # --- orders ----------------------------------------------------------------------------------
 
@@ -468,26 +439,4 @@ class Service:
 
     def rows(self, stats: StatsSnapshot, now: float) -> list[InstanceRow]:
         """This service's lines of `corral ps`."""
-        current = [self._instances[i] for i in sorted(self._instances)]
-        roles = [
-            *((i, "current") for i in current),
-            *((i, "incoming") for i in self._roller.incoming),
-            *((i, "retiring") for i in self._roller.retiring),
-        ]
-        rows = [
-            instance_row(i, phase=self._phase, role=role, sample=stats.of(i.pid), now=now)
-            for i, role in roles
-        ]
-        if rows:
-            return rows
-        # Not spawned yet (waiting on dependencies, building the venv) or never will be
-        # (venv build failed): still one row per desired instance, so ps shows why.
-        state = {Phase.FAILED: "failed", Phase.HELD: "stopped", Phase.STOPPED: "stopped"}.get(
-            self._phase, "starting"
-        )
-        return [
-            placeholder_row(
-                self.name, index, state=state, detail=self._error or self._phase, phase=self._phase
-            )
-            for index in range(1, self._desired + 1)
-        ]
+        return service_rows(self, stats, now)

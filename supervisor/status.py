@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, TypedDict
 from config.model import Plan
 from config.units import format_duration
 
-from .sampler import ProcessSample
-from .states import UP
+from .sampler import ProcessSample, StatsSnapshot
+from .states import UP, Phase
 
 if TYPE_CHECKING:
     from .instance import Instance
@@ -112,6 +112,32 @@ def placeholder_row(
         cpu_percent=0.0,
         rss_bytes=0,
     )
+
+
+def service_rows(service: Service, stats: StatsSnapshot, now: float) -> list[InstanceRow]:
+    """A service's lines of `corral ps`: current instances, then a roll's incoming and
+    retiring ones; or, before any is spawned, one placeholder per desired instance."""
+    phase = service.phase
+    roles = [
+        *((service.instances[i], "current") for i in sorted(service.instances)),
+        *((i, "incoming") for i in service.incoming),
+        *((i, "retiring") for i in service.retiring),
+    ]
+    rows = [
+        instance_row(i, phase=phase, role=role, sample=stats.of(i.pid), now=now)
+        for i, role in roles
+    ]
+    if rows:
+        return rows
+    # Not spawned yet (waiting on dependencies, building the venv) or never will be (venv
+    # build failed): still one row per desired instance, so ps shows why.
+    state = {Phase.FAILED: "failed", Phase.HELD: "stopped", Phase.STOPPED: "stopped"}.get(
+        phase, "starting"
+    )
+    return [
+        placeholder_row(service.name, i, state=state, detail=service.error or phase, phase=phase)
+        for i in range(1, service.desired + 1)
+    ]
 
 
 def _detail(detail: str, retry_at: float | None, now: float) -> str:

@@ -4,7 +4,6 @@ reload, unless it is behind Corral's proxy (then replacements surge onto fresh p
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ from supervisor.reload import Reloader
 
 from .conftest import (
     all_ready,
+    consecutive_free_ports,
     get_json,
     rows_of,
     running_daemon,
@@ -21,29 +21,6 @@ from .conftest import (
     web_service,
     write_config,
 )
-
-
-def _free_run(count: int) -> int:
-    """A base port with `count` free ports after it."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports")
 
 
 async def _roll_watching(daemon: object, roll: asyncio.Task[object], service: str) -> int:
@@ -58,7 +35,7 @@ async def _roll_watching(daemon: object, roll: asyncio.Task[object], service: st
 
 
 async def test_restart_and_reload_keep_fixed_ports(tmp_path: Path) -> None:
-    base = _free_run(3)
+    base = consecutive_free_ports(3)
     path = write_config(tmp_path, web_service("web", instances=3, port=str(base)))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 3))
@@ -80,7 +57,7 @@ async def test_restart_and_reload_keep_fixed_ports(tmp_path: Path) -> None:
 
 
 async def test_surge_moves_to_fresh_ports_when_told_or_behind_the_proxy(tmp_path: Path) -> None:
-    base = _free_run(2)
+    base = consecutive_free_ports(2)
     proxy = '\n[proxy]\nlisten = "127.0.0.1:0"\n'
     text = web_service("told", port=str(base), extra='roll = "surge"') + proxy
     text += web_service("routed", port=str(base + 1), extra='route = { path = "/" }')
@@ -96,7 +73,7 @@ async def test_surge_moves_to_fresh_ports_when_told_or_behind_the_proxy(tmp_path
 
 
 async def test_in_place_roll_that_fails_stops_and_says_so(tmp_path: Path) -> None:
-    base = _free_run(2)
+    base = consecutive_free_ports(2)
     path = write_config(
         tmp_path, web_service("web", instances=2, port=str(base), extra="crash_limit = 2")
     )

@@ -60,7 +60,8 @@ async def running(
         runtime = Runtime(
             hooks=hooks, spawn=lambda coro, name: group.create_task(coro, name=name), clock=clock
         )
-        inst = Instance(spec, 1, None, env=base_environ(), sink=hub.sink("t", 1), runtime=runtime)
+        sink = hub.sink("t", 1)
+        inst = Instance(spec, 1, spec.port, env=base_environ(), sink=sink, runtime=runtime)
         try:
             yield inst
         finally:
@@ -165,18 +166,13 @@ async def test_a_port_never_opened_fails_the_start_after_start_timeout(tmp_path:
     port = free_port()
     spec = _spec(tmp_path, "import time; time.sleep(60)", start_timeout=90.0, port=port)
     hooks, clock = Hooks(), FakeClock()
-    hub = LogHub(tmp_path / "logs", 1 << 20, 1, 100)
-    async with asyncio.timeout(30), asyncio.TaskGroup() as group:
-        runtime = Runtime(hooks=hooks, spawn=lambda c, n: group.create_task(c, name=n), clock=clock)
-        inst = Instance(spec, 1, port, env=base_environ(), sink=hub.sink("t", 1), runtime=runtime)
+    async with running(tmp_path, spec, hooks, clock) as inst:
         inst.start()
         assert await inst.wait_for(frozenset({State.FAILED})) is State.FAILED
         assert inst.detail == f"not ready after 1m30s: port {port} not accepting yet"
         stopping = [d for _, new, d in hooks.changes if new is State.STOPPING]
         assert stopping == [inst.detail]
         assert inst.pid is None
-        await inst.stop()
-    hub.close()
 
 
 async def test_a_failed_instance_is_retried_after_its_cool_down(tmp_path: Path) -> None:

@@ -10,17 +10,16 @@ import pytest
 import config
 from supervisor.reload import diff
 
-from .conftest import PY, all_ready, running_daemon, wait_until, web_service, write_config
+from .conftest import (
+    all_ready,
+    running_daemon,
+    sleeper_service,
+    wait_until,
+    web_service,
+    write_config,
+)
 
-
-def _sleeper(name: str, extra: str = "") -> str:
-    return f"""
-[services.{name}]
-command = ["{PY}", "-c", "import time; time.sleep(600)"]
-venv = false
-stop_timeout = "1s"
-{extra}
-"""
+_sleeper = sleeper_service
 
 
 def _load(tmp_path: Path, name: str, text: str) -> config.Plan:

@@ -17,15 +17,17 @@ from .fakeclock import FakeClock
 async def test_reading_does_not_change_the_numbers_and_rounds_advance_the_sequence() -> None:
     busy = await asyncio.create_subprocess_exec(sys.executable, "-c", "while True: pass")
     try:
-        await wait_until(lambda: psutil.Process(busy.pid).memory_info().rss > 0)  # exec'd
+        # Well into its loop (just after exec the kernel's RSS counters may still read 0).
+        spinner = psutil.Process(busy.pid)
+        await wait_until(lambda: sum(spinner.cpu_times()[:2]) > 0.05)
         clock = FakeClock()
         sampler = Sampler(lambda: [busy.pid], clock=clock)
         sampler.track(busy.pid)  # first sample when it comes up: RSS known, CPU baseline
         first = sampler.latest
         assert first.of(busy.pid).rss_bytes > 0
         assert first.of(busy.pid).cpu_percent == 0.0
-        spinner = psutil.Process(busy.pid)
-        await wait_until(lambda: sum(spinner.cpu_times()[:2]) > 0.1, what="CPU time used")
+        used = sum(spinner.cpu_times()[:2])
+        await wait_until(lambda: sum(spinner.cpu_times()[:2]) > used + 0.1, what="CPU used")
         # Reading twice changes nothing: only a scheduled round measures.
         assert sampler.latest is first and sampler.latest.of(busy.pid) == first.of(busy.pid)
         sampler.sample()
@@ -43,8 +45,9 @@ async def test_periodic_feed_and_gone_processes() -> None:
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "import time; time.sleep(60)"
     )
-    # Just forked, mid-exec, a process may show no RSS yet; sample one that has started.
-    await wait_until(lambda: psutil.Process(child.pid).memory_info().rss > 0)
+    # Right after exec its RSS is a page or two (and /proc/<pid>/stat's counter may lag at
+    # 0): sample one that has loaded its interpreter.
+    await wait_until(lambda: psutil.Process(child.pid).memory_info().rss > 1 << 20)
     pids = [child.pid]
     clock = FakeClock()
     sampler = Sampler(lambda: pids, interval=10.0, followed_interval=2.0, clock=clock)

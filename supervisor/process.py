@@ -286,21 +286,30 @@ def kill_stale(token: str, pids: Mapping[int, float], grace: float = 3.0) -> int
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = wait_gone(procs, grace)
     _kill_all(alive)
-    psutil.wait_procs(alive, timeout=grace)
+    wait_gone(alive, grace)
     log.warning("stopped %d process(es) left by a previous daemon", len(procs))
     return len(procs)
 
 
-def process_stats(pid: int, cache: dict[int, psutil.Process]) -> tuple[float, int]:
-    """(cpu_percent since the last call, rss bytes) of one process; psutil objects are cached."""
-    proc = cache.get(pid)
+def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait (blocking) until each process has exited; returns those still alive at `timeout`.
+
+    A zombie counts as gone: an orphan we killed is reaped by init, not by us, and an init
+    that is slow to reap (or a container's pid 1 that never does) must not hold a stop up.
+    """
+    alive = list(procs)
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in alive if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.01)
+
+
+def _running(proc: psutil.Process) -> bool:
     try:
-        if proc is None:
-            proc = cache[pid] = psutil.Process(pid)
-        with proc.oneshot():
-            return proc.cpu_percent(None), proc.memory_info().rss
+        return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
-        cache.pop(pid, None)
-        return 0.0, 0
+        return False

@@ -28,6 +28,7 @@ import psutil
 
 from .cgroup import CgroupTree, InstanceCgroup, detect
 from .clock import SYSTEM_CLOCK, Clock
+from .process import wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +201,11 @@ def kill_tokens(tokens: Collection[str], grace: float) -> dict[str, int]:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             proc.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace) if grace > 0 else ([], procs)
+    alive = wait_gone(procs, grace)
     for proc in alive:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    psutil.wait_procs(alive, timeout=2.0)
+    wait_gone(alive, 2.0)
     for token, found in victims.items():
         log.info("stopped %d process(es) left by instance %s", len(found), token.partition(":")[2])
     return {token: len(found) for token, found in victims.items()}

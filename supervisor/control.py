@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .dashboard import Dashboard
 from .errors import SupervisorError, TargetError
 from .service import RollFailed
 
@@ -45,6 +46,12 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     uid = peer_uid(request)
     if uid is None or (uid != os.getuid() and uid != 0):
         return _error(403, f"uid {uid} may not control this daemon")
+    return await handler(request)
+
+
+@web.middleware
+async def map_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Supervisor exceptions as JSON errors (shared with the dashboard's TCP listener)."""
     try:
         return await handler(request)
     except TargetError as exc:
@@ -101,9 +108,10 @@ class ControlServer:
         self.path = path
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Task[Any]] = set()
+        self.dashboard = Dashboard(self)  # the web page, /v1/stats and the optional TCP listener
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_guard])
+        app = web.Application(middlewares=[_guard, self.dashboard.browser_guard, map_errors])
         r = app.router
         r.add_get(f"{API}/status", self.status)
         r.add_get(f"{API}/ps", self.ps)
@@ -118,6 +126,7 @@ class ControlServer:
         r.add_post(f"{API}/shutdown", self.shutdown)
         r.add_get(f"{API}/wait", self.wait)
         r.add_get("/metrics", self.metrics)
+        self.dashboard.add_routes(app)
         return app
 
     async def open(self) -> None:
@@ -138,8 +147,10 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         log.info("control socket %s", self.path)
+        await self.dashboard.open()
 
     async def close(self) -> None:
+        await self.dashboard.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -1,0 +1,557 @@
+// corral dashboard: a client of the control API, like the CLI. It reads one SSE stream
+// (GET /v1/stats?follow=1: a fleet snapshot every tick and right after each event) and the log
+// stream, and its buttons call the endpoints `corral restart/stop/start/scale` call.
+"use strict";
+
+// --- the token: from the URL fragment (never sent to the server), kept for this tab only ----
+const TOKEN_KEY = "corral-token:" + location.host;
+const token = (() => {
+  const m = location.hash.match(/(?:^#|&)token=([A-Za-z0-9_-]+)/);
+  if (m) {
+    sessionStorage.setItem(TOKEN_KEY, m[1]);
+    history.replaceState(null, "", location.pathname + location.search);  // off the URL bar
+    return m[1];
+  }
+  return sessionStorage.getItem(TOKEN_KEY);
+})();
+
+function headers(extra) {
+  const h = Object.assign({}, extra || {});
+  if (token) h["Authorization"] = "Bearer " + token;
+  return h;
+}
+
+class HttpError extends Error {
+  constructor(status, message) { super(message); this.status = status; }
+}
+
+async function call(method, path, body) {
+  const res = await fetch(path, {
+    method,
+    headers: headers(body ? { "Content-Type": "application/json" } : {}),
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const text = await res.text();
+  let data = null;
+  try { data = JSON.parse(text); } catch (e) { data = null; }
+  if (!res.ok) throw new HttpError(res.status, (data && data.error) || `HTTP ${res.status}`);
+  return data;
+}
+
+// --- small helpers -----------------------------------------------------------------------------
+const $ = (sel) => document.querySelector(sel);
+
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k === "text") node.textContent = v;
+    else if (k.includes("-")) node.setAttribute(k, v);  // data-*, aria-*
+    else node[k] = v;
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+  return node;
+}
+
+function duration(s) {
+  s = Math.floor(s);
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m" + String(s % 60).padStart(2, "0") + "s";
+  if (s < 86400) return Math.floor(s / 3600) + "h" + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + "m";
+  return Math.floor(s / 86400) + "d" + String(Math.floor(s % 86400 / 3600)).padStart(2, "0") + "h";
+}
+
+function bytes(n) {
+  const units = ["B", "KB", "MB", "GB", "TB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n.toFixed(0) : n.toFixed(n < 10 ? 1 : 0)) + " " + units[i];
+}
+
+function rate(v) {
+  if (v === null || v === undefined) return "–";
+  return v < 10 ? v.toFixed(1) : Math.round(v).toLocaleString();
+}
+
+function ms(v) {
+  if (v === null || v === undefined) return "–";
+  if (v >= 1000) return (v / 1000).toFixed(v >= 10000 ? 0 : 1) + " s";
+  return (v < 10 ? v.toFixed(1) : Math.round(v)) + " ms";
+}
+
+function clock(ts) {
+  return new Date(ts * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+// The symbol and the word carry the state; colour only repeats it.
+const STATES = {
+  ready: ["●", "ok"], running: ["●", "ok"], completed: ["✓", "info"],
+  starting: ["◐", "warn"], unhealthy: ["▲", "warn"], backoff: ["↻", "warn"], stopping: ["◌", "warn"],
+  crashed: ["✖", "bad"], failed: ["✖", "bad"], stopped: ["○", "idle"],
+};
+
+function badge(state) {
+  const [sym, tone] = STATES[state] || ["•", "idle"];
+  return el("span", { class: "state " + tone, "data-state": state },
+    el("span", { class: "sym", text: sym, "aria-hidden": "true" }), state);
+}
+
+function toast(message, bad) {
+  const t = el("div", { class: "toast" + (bad ? " bad" : ""), text: message });
+  $("#toasts").append(t);
+  setTimeout(() => t.remove(), bad ? 8000 : 3500);
+}
+
+// --- sparklines --------------------------------------------------------------------------------
+const SPARK_W = 200, SPARK_H = 34, SPARK_POINTS = 60;
+
+function sparkline(values) {
+  const pts = values.slice(-SPARK_POINTS);
+  const box = svg("svg", { viewBox: `0 0 ${SPARK_W} ${SPARK_H}`, preserveAspectRatio: "none", role: "img" });
+  box.append(svg("line", { class: "base", x1: 0, y1: SPARK_H - 0.5, x2: SPARK_W, y2: SPARK_H - 0.5 }));
+  const known = pts.filter((v) => v !== null && v !== undefined);
+  if (known.length < 2) return box;
+  const peak = Math.max(...known) || 1;
+  const step = SPARK_W / (SPARK_POINTS - 1);
+  const x0 = SPARK_W - (pts.length - 1) * step;
+  const y = (v) => SPARK_H - 2 - (v / peak) * (SPARK_H - 6);
+  let line = "", area = "", open = false, last = [0, 0];
+  pts.forEach((v, i) => {
+    const x = x0 + i * step;
+    if (v === null || v === undefined) {
+      if (open) area += `L${last[0]},${SPARK_H}Z`;
+      open = false;
+      return;
+    }
+    const p = [x.toFixed(1), y(v).toFixed(1)];
+    line += (open ? "L" : "M") + p.join(",");
+    if (!open) area += `M${p[0]},${SPARK_H}L${p.join(",")}`;
+    else area += "L" + p.join(",");
+    open = true;
+    last = p;
+  });
+  if (open) area += `L${last[0]},${SPARK_H}Z`;
+  box.append(svg("path", { class: "area", d: area }), svg("path", { class: "line", d: line }));
+  box.append(svg("circle", { class: "dot", cx: last[0], cy: last[1], r: 2.6 }));
+  return box;
+}
+
+function sparkCell(kind, label, values, now, unit) {
+  const node = el("div", { class: "spark " + kind + (values.length < 2 ? " empty" : "") });
+  const known = values.filter((v) => v !== null && v !== undefined);
+  const peak = known.length ? Math.max(...known) : null;
+  node.append(
+    el("span", { class: "label", text: label + (peak !== null && known.length > 1 ? ` · peak ${unit(peak)}` : "") }),
+    el("span", { class: "now", text: unit(now) }),
+    sparkline(values),
+  );
+  node.title = `${label}, last ${Math.min(values.length, SPARK_POINTS)} s`;
+  return node;
+}
+
+// --- rendering ---------------------------------------------------------------------------------
+const services = new Map();   // name → {node, rows: Map, desired}
+const pendingScale = new Map(); // name → {count, timer}
+const lastScale = new Map();    // name → last "scale" event
+let snapshot = null;
+
+function renderFacts(s) {
+  $("#project").textContent = s.project || "";
+  document.title = `corral · ${s.project || ""}`;
+  const d = s.daemon || {};
+  const facts = [["daemon", `pid ${d.pid}`], ["up", duration(d.uptime_s || 0)]];
+  if (d.proxy && d.proxy.length) facts.push(["proxy", d.proxy.join(", ")]);
+  $("#facts").replaceChildren(...facts.map(([k, v]) =>
+    el("div", {}, el("dt", { text: k }), el("dd", { text: v }))));
+}
+
+function renderTiles(s) {
+  const t = s.totals;
+  const tile = (k, v, small) => el("div", { class: "tile" }, el("div", { class: "k", text: k }),
+    el("div", { class: "v", text: v }, small ? el("small", { text: small }) : ""));
+  $("#tiles").replaceChildren(
+    tile("Instances up", String(t.up), `/ ${t.instances}`),
+    tile("Requests", rate(t.rps), "/s"),
+    tile("In flight", String(t.in_flight)),
+    tile("CPU", t.cpu_percent.toFixed(1), "%"),
+    tile("Memory", bytes(t.rss_bytes)),
+  );
+}
+
+function actionButton(label, act, svcName, cls) {
+  return el("button", { type: "button", class: "btn " + (cls || ""), text: label, "data-act": act, "data-service": svcName });
+}
+
+function serviceShell(name) {
+  const title = el("div", { class: "svc-title" }, el("h2", { text: name }), el("div", { class: "svc-meta" }));
+  const scale = el("div", { class: "scale", title: "instances" },
+    el("button", { type: "button", text: "−", "data-act": "scale-down", "data-service": name, "aria-label": `scale ${name} down` }),
+    el("output", { text: "" }),
+    el("button", { type: "button", text: "+", "data-act": "scale-up", "data-service": name, "aria-label": `scale ${name} up` }));
+  const actions = el("div", { class: "actions" }, scale,
+    actionButton("Restart", "restart", name, "primary"),
+    actionButton("Start", "start", name),
+    actionButton("Stop", "stop", name, "danger"));
+  const head = el("header", {}, title, el("div", { class: "spark-slot rps" }), el("div", { class: "spark-slot p99" }), actions);
+  const cols = [["Instance"], ["State"], ["PID", "num"], ["Port", "num"], ["Uptime", "num"], ["Restarts", "num"],
+    ["Next retry", "num hide-narrow"], ["CPU", "num"], ["Memory", "num"], ["Req/s", "num"], ["p99", "num"],
+    ["In flight", "num hide-narrow"], ["Detail", "hide-narrow"], [""]];
+  const table = el("table", {},
+    el("thead", {}, el("tr", {}, ...cols.map(([t, c]) => el("th", { class: c || "", text: t, scope: "col" })))),
+    el("tbody"));
+  const node = el("article", { class: "service", "data-service": name }, head, el("div", { class: "table-wrap" }, table));
+  return { node, rows: new Map(), desired: 0 };
+}
+
+function nextRetry(row) {
+  if (typeof row.next_retry_at === "number") return "in " + duration(Math.max(0, row.next_retry_at - Date.now() / 1000));
+  if (typeof row.next_retry_s === "number") return "in " + duration(Math.max(0, row.next_retry_s));
+  return "–";
+}
+
+function instanceCells(r) {
+  const live = r.pid !== null && r.pid !== undefined;
+  const dash = "–";
+  return [
+    [r.name, "name"],
+    [badge(r.state), ""],
+    [live ? String(r.pid) : dash, "num mono" + (live ? "" : " dim")],
+    [r.port !== null && r.port !== undefined ? String(r.port) : dash, "num mono"],
+    [live ? duration(r.uptime_s || 0) : dash, "num"],
+    [String(r.restarts), "num" + (r.restarts ? "" : " dim")],
+    [nextRetry(r), "num hide-narrow dim"],
+    [live ? (r.cpu_percent || 0).toFixed(1) + "%" : dash, "num"],
+    [live ? bytes(r.rss_bytes || 0) : dash, "num"],
+    [rate(r.rps), "num"],
+    [ms(r.p99_ms), "num"],
+    [r.in_flight === null || r.in_flight === undefined ? dash : String(r.in_flight), "num hide-narrow"],
+    [r.detail || "", "detail hide-narrow"],
+  ];
+}
+
+function renderRow(view, r) {
+  const key = `${r.name}#${r.generation}${r.retiring ? "-old" : ""}`;
+  let tr = view.rows.get(key);
+  if (!tr) {
+    tr = el("tr");
+    const restart = el("button", { type: "button", class: "row-act", text: "↻", title: `restart ${r.name}`,
+      "data-act": "restart", "data-service": r.name, "aria-label": `restart ${r.name}` });
+    const cells = instanceCells(r).map(() => el("td"));
+    tr.append(...cells, el("td", {}, restart));
+    view.rows.set(key, tr);
+  }
+  tr.className = r.retiring ? "retiring" : r.incoming ? "incoming" : "";
+  tr.setAttribute("data-instance", r.name);
+  tr.setAttribute("data-state", r.state);
+  tr.setAttribute("data-pid", r.pid === null || r.pid === undefined ? "" : String(r.pid));
+  instanceCells(r).forEach(([value, cls], i) => {
+    const td = tr.children[i];
+    td.className = cls;
+    if (typeof value === "string") { if (td.textContent !== value) td.textContent = value; }
+    else td.replaceChildren(value);
+  });
+  return [key, tr];
+}
+
+function renderService(svc) {
+  let view = services.get(svc.name);
+  if (!view) {
+    view = serviceShell(svc.name);
+    services.set(svc.name, view);
+    addLogOption(svc.name);
+  }
+  view.desired = svc.desired;
+  const meta = view.node.querySelector(".svc-meta");
+  const parts = [el("span", { class: "phase " + svc.phase, text: svc.phase }),
+    el("span", { text: `${svc.up}/${svc.desired} up` })];
+  if (typeof svc.cold_starts === "number") parts.push(el("span", { text: `cold starts ${svc.cold_starts}` }));
+  const scaled = lastScale.get(svc.name);
+  if (scaled) parts.push(el("span", { class: "dim", text: `scaled to ${scaled.new} ${duration(Date.now() / 1000 - scaled.ts)} ago` }));
+  if (svc.error) parts.push(el("span", { class: "err", text: svc.error }));
+  meta.replaceChildren(...parts);
+  const pending = pendingScale.get(svc.name);
+  view.node.querySelector(".scale output").textContent = String(pending ? pending.count : svc.desired);
+
+  const rps = view.node.querySelector(".spark-slot.rps");
+  const p99 = view.node.querySelector(".spark-slot.p99");
+  if (svc.routed) {
+    rps.replaceChildren(sparkCell("rps", "requests / s", svc.history.rps, svc.rps, rate));
+    p99.replaceChildren(sparkCell("p99", "p99 latency", svc.history.p99_ms, svc.p99_ms, ms));
+  } else {
+    rps.replaceChildren(el("div", { class: "dim", text: "not behind the proxy" }));
+    p99.replaceChildren();
+  }
+  const seen = new Set();
+  const tbody = view.node.querySelector("tbody");
+  const ordered = svc.instances.map((r) => { const [key, tr] = renderRow(view, r); seen.add(key); return tr; });
+  for (const key of [...view.rows.keys()]) if (!seen.has(key)) view.rows.delete(key);
+  if (ordered.length !== tbody.children.length || ordered.some((tr, i) => tbody.children[i] !== tr)) {
+    tbody.replaceChildren(...ordered);
+  }
+  return view.node;
+}
+
+function render(s) {
+  snapshot = s;
+  renderFacts(s);
+  renderTiles(s);
+  const nodes = s.services.map(renderService);
+  const names = new Set(s.services.map((x) => x.name));
+  for (const name of [...services.keys()]) if (!names.has(name)) services.delete(name);
+  const box = $("#services");
+  if (nodes.length !== box.children.length || nodes.some((n, i) => box.children[i] !== n)) box.replaceChildren(...nodes);
+}
+
+// --- events ------------------------------------------------------------------------------------
+const MAX_EVENTS = 200;
+
+function addEvent(e) {
+  if (e.kind === "scale") lastScale.set(e.service, e);
+  const what = e.instance || e.service || "daemon";
+  const change = e.old ? [e.old, el("span", { class: "arrow", text: " → " }), e.new] : [e.new];
+  const notes = [];
+  if (e.pid) notes.push(`pid ${e.pid}`);
+  if (e.detail) notes.push(e.detail);
+  const li = el("li", { "data-kind": e.kind },
+    el("time", { text: clock(e.ts) }),
+    el("div", {}, el("span", { class: "what", text: what }), " ",
+      el("span", { class: "change" }, ...change), notes.length ? el("div", { class: "dim", text: notes.join(" · ") }) : ""));
+  const list = $("#events");
+  list.prepend(li);
+  while (list.children.length > MAX_EVENTS) list.lastChild.remove();
+}
+
+// --- the live stream ---------------------------------------------------------------------------
+const conn = $("#conn");
+let lastFrame = 0;
+
+function setConn(state, text) {
+  conn.setAttribute("data-state", state);
+  conn.textContent = text;
+}
+
+function showBanner(node) {
+  const b = $("#banner");
+  if (node) { b.replaceChildren(node); b.hidden = false; } else { b.hidden = true; }
+}
+
+function authBanner(rejected) {
+  return el("div", {},
+    el("strong", { text: rejected ? "The token was refused. " : "This dashboard needs its token. " }),
+    "On the machine running corral, run ", el("code", { text: "corral dashboard --url" }),
+    " and open the URL it prints.");
+}
+
+function parseFrame(chunk) {
+  let kind = "message", data = "";
+  for (const line of chunk.split("\n")) {
+    if (line.startsWith("event:")) kind = line.slice(6).trim();
+    else if (line.startsWith("data:")) data += line.slice(5).trim();
+  }
+  return [kind, data ? JSON.parse(data) : null];
+}
+
+async function follow() {
+  let delay = 500;
+  let firstEvents = true;
+  for (;;) {
+    try {
+      const res = await fetch("v1/stats?follow=1&interval=1&events=" + (firstEvents ? 60 : 0), { headers: headers() });
+      if (res.status === 401) {
+        setConn("auth", token ? "token refused" : "token needed");
+        showBanner(authBanner(Boolean(token)));
+        return;
+      }
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      firstEvents = false;
+      showBanner(null);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf("\n\n")) >= 0) {
+          const [kind, data] = parseFrame(buf.slice(0, i));
+          buf = buf.slice(i + 2);
+          if (kind === "stats") { render(data); lastFrame = Date.now(); setConn("live", "live"); delay = 500; }
+          else if (kind === "event") addEvent(data);
+        }
+      }
+      setConn("down", "daemon stopped · reconnecting");
+    } catch (e) {
+      setConn("down", "disconnected · reconnecting");
+    }
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 5000);
+  }
+}
+
+setInterval(() => {
+  if (conn.getAttribute("data-state") === "live" && Date.now() - lastFrame > 4000) setConn("stale", "no update for " + Math.round((Date.now() - lastFrame) / 1000) + "s");
+}, 1000);
+
+// --- buttons: the same calls the CLI makes -----------------------------------------------------
+async function act(button, path, body, label) {
+  button.disabled = true;
+  try {
+    await call("POST", path, body);
+    toast(label + " done");
+  } catch (e) {
+    toast(`${label} failed: ${e.message}`, true);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function scaleBy(name, delta) {
+  const view = services.get(name);
+  if (!view) return;
+  const p = pendingScale.get(name) || { count: view.desired, timer: 0 };
+  p.count = Math.max(0, p.count + delta);
+  clearTimeout(p.timer);
+  pendingScale.set(name, p);
+  view.node.querySelector(".scale output").textContent = String(p.count);
+  // Clicks in a row become one order, as `corral scale web=5` would be.
+  p.timer = setTimeout(async () => {
+    pendingScale.delete(name);
+    try {
+      await call("POST", "v1/scale", { counts: { [name]: p.count } });
+      toast(`${name} scaled to ${p.count}`);
+    } catch (e) {
+      toast(`scale ${name} failed: ${e.message}`, true);
+    }
+  }, 350);
+}
+
+document.addEventListener("click", (ev) => {
+  const button = ev.target.closest("button[data-act]");
+  if (!button) return;
+  const target = button.getAttribute("data-service");
+  switch (button.getAttribute("data-act")) {
+    case "restart": act(button, "v1/restart", { targets: [target] }, `restart ${target}`); break;
+    case "start": act(button, "v1/start", { targets: [target] }, `start ${target}`); break;
+    case "stop":
+      // Two clicks: a stop takes a service out of service, a mis-click must not.
+      if (!button.classList.contains("armed")) {
+        button.classList.add("armed");
+        button.textContent = "Confirm stop";
+        setTimeout(() => { button.classList.remove("armed"); button.textContent = "Stop"; }, 3000);
+        return;
+      }
+      button.classList.remove("armed");
+      button.textContent = "Stop";
+      act(button, "v1/stop", { targets: [target] }, `stop ${target}`);
+      break;
+    case "scale-up": scaleBy(target, 1); break;
+    case "scale-down": scaleBy(target, -1); break;
+  }
+});
+
+// --- log tail ----------------------------------------------------------------------------------
+const MAX_LOG_LINES = 2000;
+const logBox = $("#log");
+const logColours = new Map();
+let logAbort = null, logPaused = false, held = [];
+
+function addLogOption(name) {
+  $("#log-target").append(el("option", { value: name, text: name }));
+}
+
+function logLine(rec) {
+  const c = logColours.get(rec.service) ?? logColours.set(rec.service, logColours.size % 6).get(rec.service);
+  const src = rec.index ? `${rec.service}.${rec.index}` : rec.service;
+  const line = el("div", { class: rec.stream === "corral" ? "corral" : "" },
+    el("span", { class: "src c" + c, text: src.padEnd(9) }), rec.stream === "corral" ? "[corral] " + rec.line : rec.line);
+  return line;
+}
+
+function appendLogs(records) {
+  const stick = logBox.scrollTop + logBox.clientHeight >= logBox.scrollHeight - 8;
+  logBox.append(...records.map(logLine));
+  while (logBox.childElementCount > MAX_LOG_LINES) logBox.firstChild.remove();
+  if (stick) logBox.scrollTop = logBox.scrollHeight;
+}
+
+async function followLogs() {
+  if (logAbort) logAbort.abort();
+  const abort = new AbortController();
+  logAbort = abort;
+  logBox.replaceChildren();
+  held = [];
+  const target = $("#log-target").value;
+  const q = new URLSearchParams({ n: "200", follow: "1" });
+  if (target) q.append("target", target);
+  let delay = 500;
+  while (!abort.signal.aborted) {
+    try {
+      const res = await fetch("v1/logs?" + q, { headers: headers(), signal: abort.signal });
+      if (res.status === 401) return;
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        const lines = buf.split("\n");
+        buf = lines.pop();
+        const recs = lines.filter((l) => l.trim()).map((l) => JSON.parse(l));
+        if (logPaused) held.push(...recs); else appendLogs(recs);
+      }
+      q.set("n", "0");  // after a reconnect, only what is new
+    } catch (e) {
+      if (abort.signal.aborted) return;
+    }
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 5000);
+  }
+}
+
+function logText() {
+  return [...logBox.children].map((d) => d.textContent).join("\n") + "\n";
+}
+
+$("#log-target").addEventListener("change", followLogs);
+$("#log-pause").addEventListener("click", (ev) => {
+  logPaused = !logPaused;
+  ev.target.setAttribute("aria-pressed", String(logPaused));
+  ev.target.textContent = logPaused ? `Resume` : "Pause";
+  if (!logPaused) { appendLogs(held); held = []; }
+});
+$("#log-clear").addEventListener("click", () => logBox.replaceChildren());
+$("#log-save").addEventListener("click", () => {
+  const name = `corral-${$("#log-target").value || "all"}-${new Date().toISOString().replace(/[:.]/g, "-")}.log`;
+  const url = URL.createObjectURL(new Blob([logText()], { type: "text/plain" }));
+  const a = el("a", { href: url, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+});
+$("#log-copy").addEventListener("click", async () => {
+  try {
+    await navigator.clipboard.writeText(logText());
+    toast("logs copied");
+  } catch (e) {
+    // No clipboard API off a secure origin: select the text so Ctrl+C copies it.
+    const range = document.createRange();
+    range.selectNodeContents(logBox);
+    const sel = getSelection();
+    sel.removeAllRanges();
+    sel.addRange(range);
+    toast("logs selected: press Ctrl+C to copy");
+  }
+});
+
+follow();
+followLogs();

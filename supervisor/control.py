@@ -212,6 +212,8 @@ class ControlServer:
             try:
                 async for record in follower:
                     await response.write(_line(record.to_json()))
+            except ConnectionResetError:
+                return response  # the reader left (Ctrl-C, a view switching its log pane)
             finally:
                 follower.close()
         await response.write_eof()
@@ -238,8 +240,11 @@ class ControlServer:
         for event in self.daemon.events.recent(n):
             await response.write(_line(event.to_json()))
         if follow:
-            async for event in self.daemon.events.follow():
-                await response.write(_line(event.to_json()))
+            try:
+                async for event in self.daemon.events.follow():
+                    await response.write(_line(event.to_json()))
+            except ConnectionResetError:
+                return response  # the reader left
         await response.write_eof()
         return response
 

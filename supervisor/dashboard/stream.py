@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 
@@ -16,6 +15,7 @@ from ..stats import StatsFeed
 # After an event, wait this long for the rest of its burst (a scale to 10 is ~30 events) so
 # views get one fresh snapshot, not thirty.
 _COALESCE = 0.05
+_QUEUE = 10000
 MIN_INTERVAL = 0.25
 MAX_INTERVAL = 60.0
 
@@ -37,61 +37,60 @@ async def serve(
         }
     )
     await response.prepare(request)
-    # An async generator (declared as an iterator): closed here, so it leaves the bus at once.
-    follower = cast(AsyncGenerator[Event, None], events.follow())
+    queue: asyncio.Queue[Event | None] = asyncio.Queue(_QUEUE)
+    pump = asyncio.create_task(_pump(events, queue), name="stats-stream-events")
     try:
+        await asyncio.sleep(0)  # let the pump subscribe before history is read
         for event in events.recent(history):
             await response.write(frame("event", event.to_json()))
         await response.write(frame("stats", feed.snapshot()))
-        async for batch in _batches(follower, interval):
+        while True:
+            batch, ended = await _collect(queue, interval)
             for event in batch:
                 await response.write(frame("event", event.to_json()))
+            if ended:
+                break
             # Fresh after events (the view must show what just happened), shared on plain ticks.
             await response.write(frame("stats", feed.snapshot(0.0) if batch else feed.snapshot()))
     except ConnectionResetError:
         pass  # the view went away
     finally:
-        await follower.aclose()
+        # Cancelling the pump finalises the bus's generator inside it (it unsubscribes).
+        pump.cancel()
+        await asyncio.wait({pump})
     with contextlib.suppress(ConnectionResetError):
         await response.write_eof()
     return response
 
 
-async def _next(follower: AsyncIterator[Event]) -> Event:
-    return await anext(follower)
+async def _pump(events: EventBus, queue: asyncio.Queue[Event | None]) -> None:
+    async for event in events.follow():
+        if not queue.full():  # a stuck view loses events, like any slow bus follower
+            queue.put_nowait(event)
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(None)  # the bus closed: the daemon is stopping
 
 
-async def _batches(follower: AsyncIterator[Event], interval: float) -> AsyncIterator[list[Event]]:
-    """Lists of events as they come (coalesced), and an empty list on each quiet tick."""
-    pending: asyncio.Task[Event] | None = None
+async def _collect(queue: asyncio.Queue[Event | None], interval: float) -> tuple[list[Event], bool]:
+    """(events, bus closed): the events of one burst, or none after a quiet `interval`."""
     try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(_next(follower))
-            done, _ = await asyncio.wait({pending}, timeout=interval)
-            if not done:
-                yield []
-                continue
-            batch: list[Event] = []
-            try:
-                batch.append(pending.result())
-                pending = None
-                loop = asyncio.get_running_loop()
-                until = loop.time() + _COALESCE
-                while (left := until - loop.time()) > 0:
-                    pending = asyncio.ensure_future(_next(follower))
-                    done, _ = await asyncio.wait({pending}, timeout=left)
-                    if not done:
-                        break
-                    batch.append(pending.result())
-                    pending = None
-            except StopAsyncIteration:
-                if batch:
-                    yield batch
-                return
-            yield batch
-    finally:
-        if pending is not None:
-            pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await pending
+        async with asyncio.timeout(interval):
+            first = await queue.get()
+    except TimeoutError:
+        return [], False
+    if first is None:
+        return [], True
+    batch = [first]
+    loop = asyncio.get_running_loop()
+    until = loop.time() + _COALESCE
+    while (left := until - loop.time()) > 0:
+        try:
+            async with asyncio.timeout(left):
+                event = await queue.get()
+        except TimeoutError:
+            break
+        if event is None:
+            return batch, True
+        batch.append(event)
+    return batch, False

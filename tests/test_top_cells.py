@@ -115,11 +115,20 @@ def _snapshot() -> dict[str, Any]:
         (40, ["name", "state", "cpu", "mem"]),
         (60, ["name", "state", "pid", "cpu", "mem", "rps", "p99"]),
         (100, "name state pid port uptime restarts cpu mem rps p99 inflight".split()),
-        (200, [c.key for c in cells.COLUMNS]),
+        (200, [c.key for c in cells.COLUMNS if c.key != "retry"]),
     ],
 )
 def test_narrow_terminals_keep_the_essential_columns(width: int, keys: list[str]) -> None:
     assert [c.key for c in cells.columns_for(width)] == keys
+
+
+def test_next_retry_shows_only_when_the_daemon_reports_it() -> None:
+    snap = _snapshot()
+    assert cells.has_retry(snap)
+    assert "retry" in [c.key for c in cells.columns_for(120, retry=True)]
+    assert "retry" not in [c.key for c in cells.columns_for(90, retry=True)]
+    del snap["services"][0]["instances"][1]["next_retry_at"]
+    assert not cells.has_retry(snap)
 
 
 def test_rows_are_a_service_line_then_its_instances() -> None:

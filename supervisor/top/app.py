@@ -124,7 +124,7 @@ class TopApp(App[None]):
         if self.snapshot is None:
             return
         table = self.table
-        columns = cells.columns_for(self.size.width)
+        columns = cells.columns_for(self.size.width, cells.has_retry(self.snapshot))
         rows = cells.rows(self.snapshot, self.last_scale)
         selected = self.selected()
         if [c.key for c in columns] != [c.key for c in self._columns]:
@@ -186,13 +186,13 @@ class TopApp(App[None]):
 
     @work(group="orders")
     async def order(self, label: str, path: str, body: Mapping[str, Any]) -> None:
-        self.notify(f"{label}…", timeout=2)
+        # The table shows the order under way; a note says when it is done, or why not.
         try:
             await self.client.call("POST", path, body)
         except ControlError as exc:
             self.notify(f"{label} failed: {exc}", severity="error", timeout=8)
         else:
-            self.notify(f"{label}: done", timeout=3)
+            self.notify(f"{label}: done", timeout=2.5)
 
     def action_restart(self) -> None:
         if row := self.selected():

@@ -48,7 +48,7 @@ COLUMNS = (
     Column("port", "PORT", right=True, min_width=72),
     Column("uptime", "UPTIME", right=True, min_width=84),
     Column("restarts", "RESTARTS", right=True, min_width=84),
-    Column("retry", "NEXT RETRY", right=True, min_width=150),
+    Column("retry", "NEXT RETRY", right=True, min_width=100),  # only when the daemon says
     Column("cpu", "CPU%", right=True),
     Column("mem", "MEM", right=True),
     Column("rps", "REQ/S", right=True, min_width=48),
@@ -68,9 +68,18 @@ class Row:
     cells: dict[str, Text]
 
 
-def columns_for(width: int) -> list[Column]:
-    """The columns that fit a terminal `width` cells wide."""
-    return [c for c in COLUMNS if width >= c.min_width]
+def columns_for(width: int, retry: bool = False) -> list[Column]:
+    """The columns that fit a terminal `width` cells wide (NEXT RETRY only with `retry`)."""
+    return [c for c in COLUMNS if width >= c.min_width and (retry or c.key != "retry")]
+
+
+def has_retry(snapshot: Mapping[str, Any]) -> bool:
+    """Whether any instance carries a retry time (daemons that track one add the field)."""
+    return any(
+        "next_retry_at" in inst
+        for svc in snapshot.get("services", [])
+        for inst in svc.get("instances", [])
+    )
 
 
 def sparkline(values: Sequence[float | None], width: int) -> str:

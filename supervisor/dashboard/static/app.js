@@ -15,6 +15,10 @@ const token = (() => {
   return sessionStorage.getItem(TOKEN_KEY);
 })();
 
+// A new URL pasted into this tab (after `corral dashboard --rotate-token`) changes only the
+// fragment, which reloads nothing by itself.
+addEventListener("hashchange", () => { if (/token=/.test(location.hash)) location.reload(); });
+
 function headers(extra) {
   const h = Object.assign({}, extra || {});
   if (token) h["Authorization"] = "Bearer " + token;
@@ -149,7 +153,7 @@ function sparkCell(kind, label, values, now, unit) {
   const known = values.filter((v) => v !== null && v !== undefined);
   const peak = known.length ? Math.max(...known) : null;
   node.append(
-    el("span", { class: "label", text: label + (peak !== null && known.length > 1 ? ` · peak ${unit(peak)}` : "") }),
+    el("span", { class: "label", text: label + (peak && known.length > 1 ? ` · peak ${unit(peak)}` : "") }),
     el("span", { class: "now", text: unit(now) }),
     sparkline(values),
   );
@@ -161,7 +165,6 @@ function sparkCell(kind, label, values, now, unit) {
 const services = new Map();   // name → {node, rows: Map, desired}
 const pendingScale = new Map(); // name → {count, timer}
 const lastScale = new Map();    // name → last "scale" event
-let snapshot = null;
 
 function renderFacts(s) {
   $("#project").textContent = s.project || "";
@@ -202,7 +205,7 @@ function serviceShell(name) {
     actionButton("Stop", "stop", name, "danger"));
   const head = el("header", {}, title, el("div", { class: "spark-slot rps" }), el("div", { class: "spark-slot p99" }), actions);
   const cols = [["Instance"], ["State"], ["PID", "num"], ["Port", "num"], ["Uptime", "num"], ["Restarts", "num"],
-    ["Next retry", "num hide-narrow"], ["CPU", "num"], ["Memory", "num"], ["Req/s", "num"], ["p99", "num"],
+    ["Next retry", "num retry"], ["CPU", "num"], ["Memory", "num"], ["Req/s", "num"], ["p99", "num"],
     ["In flight", "num hide-narrow"], ["Detail", "hide-narrow"], [""]];
   const table = el("table", {},
     el("thead", {}, el("tr", {}, ...cols.map(([t, c]) => el("th", { class: c || "", text: t, scope: "col" })))),
@@ -227,7 +230,7 @@ function instanceCells(r) {
     [r.port !== null && r.port !== undefined ? String(r.port) : dash, "num mono"],
     [live ? duration(r.uptime_s || 0) : dash, "num"],
     [String(r.restarts), "num" + (r.restarts ? "" : " dim")],
-    [nextRetry(r), "num hide-narrow dim"],
+    [nextRetry(r), "num retry dim"],
     [live ? (r.cpu_percent || 0).toFixed(1) + "%" : dash, "num"],
     [live ? bytes(r.rss_bytes || 0) : dash, "num"],
     [rate(r.rps), "num"],
@@ -300,7 +303,9 @@ function renderService(svc) {
 }
 
 function render(s) {
-  snapshot = s;
+  // The column appears when the daemon reports a retry time for some instance, not before.
+  const retries = s.services.some((svc) => svc.instances.some((r) => "next_retry_at" in r || "next_retry_s" in r));
+  document.body.classList.toggle("has-retry", retries);
   renderFacts(s);
   renderTiles(s);
   const nodes = s.services.map(renderService);
@@ -316,7 +321,8 @@ const MAX_EVENTS = 200;
 function addEvent(e) {
   if (e.kind === "scale") lastScale.set(e.service, e);
   const what = e.instance || e.service || "daemon";
-  const change = e.old ? [e.old, el("span", { class: "arrow", text: " → " }), e.new] : [e.new];
+  const change = e.kind === "scale" ? [`scaled to ${e.new}`]
+    : e.old ? [e.old, el("span", { class: "arrow", text: " → " }), e.new] : [e.new];
   const notes = [];
   if (e.pid) notes.push(`pid ${e.pid}`);
   if (e.detail) notes.push(e.detail);

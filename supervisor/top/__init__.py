@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -24,6 +25,11 @@ def run(socket: Path, *, interval: float = 1.0) -> int:
     # Fail with the CLI's one-line error before the screen is taken over.
     Client(socket, timeout=5.0).call("GET", "/v1/status")
     from .app import TopApp  # Textual loads here, and only here
+
+    # Rich takes COLUMNS / LINES over the terminal's real size; exported by a parent process
+    # (a test runner, some shells) they pin the layout and break resizing.
+    for name in ("COLUMNS", "LINES"):
+        os.environ.pop(name, None)
 
     TopApp(socket, interval=interval).run()
     return 0

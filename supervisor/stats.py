@@ -64,6 +64,10 @@ def _in_roll(row: Mapping[str, Any]) -> bool:
     return bool(row.get("retiring") or row.get("incoming"))
 
 
+def _done(row: Mapping[str, Any]) -> bool:
+    return row.get("state") == "completed"
+
+
 def bucket_bounds(keys: Sequence[str]) -> list[float]:
     """Upper bounds of histogram buckets keyed like Prometheus `le` labels ("0.005", "+Inf")."""
     return [math.inf if key == "+Inf" else float(key) for key in keys]
@@ -143,8 +147,10 @@ class StatsFeed:
             summary.update(
                 name=name,
                 routed=routed,
-                total=len(current := [i for i in insts if not _in_roll(i)]),
+                # A oneshot that finished is done, not down: counted apart from up / total.
+                total=len(current := [i for i in insts if not _in_roll(i) and not _done(i)]),
                 up=sum(1 for i in current if i.get("ready")),
+                completed=sum(1 for i in insts if _done(i)),
                 cpu_percent=round(sum(float(i.get("cpu_percent") or 0.0) for i in insts), 1),
                 rss_bytes=sum(int(i.get("rss_bytes") or 0) for i in insts),
                 **self._service_traffic(routed, keys, sample, base, elapsed, backends),
@@ -165,6 +171,7 @@ class StatsFeed:
             "totals": {
                 "instances": sum(s["total"] for s in services),
                 "up": sum(s["up"] for s in services),
+                "completed": sum(s["completed"] for s in services),
                 "rps": round(sum(s["rps"] or 0.0 for s in services), 2),
                 "in_flight": sum(s["in_flight"] or 0 for s in services),
                 "cpu_percent": round(sum(s["cpu_percent"] for s in services), 1),

@@ -133,6 +133,7 @@ def test_first_snapshot_has_no_rates_yet() -> None:
     assert snap["totals"] == {
         "instances": 3,
         "up": 3,
+        "completed": 0,
         "rps": 0.0,
         "in_flight": 0,
         "cpu_percent": 3.5,
@@ -262,3 +263,18 @@ def test_unknown_service_fields_pass_through() -> None:
 
     fleet.status = with_cold_starts  # type: ignore[method-assign]
     assert _service(StatsFeed(fleet, clock=Clock()).snapshot(), "web")["cold_starts"] == 4
+
+
+def test_a_finished_oneshot_is_done_not_down() -> None:
+    fleet = Fleet()
+    rows = fleet.ps()
+    done = {**_row("migrate", 1, None, cpu=0, rss=0), "pid": None, "state": "completed"}
+    fleet.ps = lambda: [done, *rows]  # type: ignore[method-assign]
+    snap = StatsFeed(fleet, clock=Clock()).snapshot()
+    migrate = _service(snap, "migrate")
+    assert (migrate["total"], migrate["up"], migrate["completed"]) == (0, 0, 1)
+    assert (snap["totals"]["instances"], snap["totals"]["up"], snap["totals"]["completed"]) == (
+        3,
+        3,
+        1,
+    )

@@ -39,7 +39,8 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Daemon]:
 
 
 def _app(daemon: Daemon, tmp_path: Path) -> TopApp:
-    return TopApp(daemon.plan.daemon.socket, interval=0.25, save_dir=tmp_path)
+    # A wide debounce: on a loaded machine two key presses can be further apart than 0.3 s.
+    return TopApp(daemon.plan.daemon.socket, interval=0.25, save_dir=tmp_path, scale_debounce=2.0)
 
 
 def _targets(app: TopApp) -> list[str]:

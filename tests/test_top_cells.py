@@ -173,6 +173,14 @@ def test_service_notes_show_cold_starts_and_the_last_scale_only_when_present() -
     assert plain.startswith("cold starts 7 · scaled to 2 ") and plain.endswith(" ago")
 
 
+def test_a_finished_oneshot_reads_completed() -> None:
+    svc = {**_snapshot()["services"][1], "total": 0, "up": 0, "completed": 1}
+    assert cells.service_row(svc, {}).cells["state"].plain == "✓ completed"
+    snap = _snapshot()
+    snap["totals"]["completed"] = 1
+    assert "2/3 up · 1 done" in cells.title(snap, connected=True).plain
+
+
 def test_every_state_has_a_symbol_and_its_name() -> None:
     for state, (symbol, _colour) in cells.STATES.items():
         assert cells.state_text(state).plain == f"{symbol} {state}"

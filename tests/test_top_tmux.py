@@ -151,6 +151,12 @@ def test_top_shows_the_instances_and_scales_on_a_key(tmp_path: Path, terminal: T
         wait_for(lambda: len([r for r in ps(project) if r["service"] == "api"]) == 3, 30, "api=3")
         terminal.wait_screen(lambda s: "api.4" not in s, 30, "api.4 gone from the screen")
 
+        terminal.keys("l")  # follow api's logs in the lower pane
+        terminal.wait_screen(
+            lambda s: "logs · api" in s and re.search(r"api\.4 .*stopped", s),
+            30,
+            "api's logs in the pane, up to the scale-down",
+        )
         if want_screenshots():
             time.sleep(45)  # a fuller minute of sparkline for the docs (not a wait for state)
         ansi = terminal.screen(escapes=True)

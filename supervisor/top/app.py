@@ -57,9 +57,15 @@ class TopApp(App[None]):
     ]
 
     def __init__(
-        self, socket: Path, *, interval: float = 1.0, save_dir: Path | None = None
+        self,
+        socket: Path,
+        *,
+        interval: float = 1.0,
+        save_dir: Path | None = None,
+        scale_debounce: float = _SCALE_DEBOUNCE,
     ) -> None:
         super().__init__()
+        self.scale_debounce = scale_debounce
         self.client = ControlClient(socket)
         self.interval = interval
         self.save_dir = save_dir or Path.cwd()
@@ -226,7 +232,7 @@ class TopApp(App[None]):
         if timer is not None:
             timer.stop()
         self._scale_timers[row.service] = self.set_timer(
-            _SCALE_DEBOUNCE, lambda: self._send_scale(row.service)
+            self.scale_debounce, lambda: self._send_scale(row.service)
         )
         self._show_detail()
 

@@ -131,12 +131,15 @@ def _num(value: object) -> str:
 
 def service_row(svc: Mapping[str, Any], events: Mapping[str, Mapping[str, Any]]) -> Row:
     """The summary line of one service: totals over its instances."""
-    up, desired = svc.get("up", 0), svc.get("desired", 0)
+    up, total = int(svc.get("up", 0)), int(svc.get("total", 0))
     phase = str(svc.get("phase", ""))
-    tone = "green" if up == desired and phase == "running" else "yellow"
+    tone = "green" if up == total and phase == "running" else "yellow"
     if phase == "failed" or svc.get("error"):
         tone = "red"
-    state = Text(f"{up}/{desired} up", style=f"bold {tone}")
+    if total == 0 and svc.get("completed"):
+        state = Text("✓ completed", style="cyan")
+    else:
+        state = Text(f"{up}/{total} up", style=f"bold {tone}")
     if phase not in ("running", ""):
         state.append(f" {phase}", style=tone)
     notes = []
@@ -224,6 +227,8 @@ def title(snapshot: Mapping[str, Any] | None, connected: bool) -> Text:
         text.append(f"  proxy {', '.join(d['proxy'])}")
     ok = t.get("up") == t.get("instances")
     text.append(f"  {t.get('up')}/{t.get('instances')} up", style="green" if ok else "yellow")
+    if t.get("completed"):
+        text.append(f" · {t['completed']} done")
     text.append(f"  {rate(t.get('rps'))} req/s  cpu {float(t.get('cpu_percent') or 0):.1f}%")
     text.append(f"  mem {human_bytes(float(t.get('rss_bytes') or 0))}")
     if not connected:

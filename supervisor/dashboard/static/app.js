@@ -181,7 +181,7 @@ function renderTiles(s) {
   const tile = (k, v, small) => el("div", { class: "tile" }, el("div", { class: "k", text: k }),
     el("div", { class: "v", text: v }, small ? el("small", { text: small }) : ""));
   $("#tiles").replaceChildren(
-    tile("Instances up", String(t.up), `/ ${t.instances}`),
+    tile("Instances up", String(t.up), `/ ${t.instances}` + (t.completed ? ` · ${t.completed} done` : "")),
     tile("Requests", rate(t.rps), "/s"),
     tile("In flight", String(t.in_flight)),
     tile("CPU", t.cpu_percent.toFixed(1), "%"),
@@ -274,7 +274,7 @@ function renderService(svc) {
   view.desired = svc.desired;
   const meta = view.node.querySelector(".svc-meta");
   const parts = [el("span", { class: "phase " + svc.phase, text: svc.phase }),
-    el("span", { text: `${svc.up}/${svc.desired} up` })];
+    el("span", { text: svc.total === 0 && svc.completed ? "completed" : `${svc.up}/${svc.total} up` })];
   if (typeof svc.cold_starts === "number") parts.push(el("span", { text: `cold starts ${svc.cold_starts}` }));
   const scaled = lastScale.get(svc.name);
   if (scaled) parts.push(el("span", { class: "dim", text: `scaled to ${scaled.new} ${duration(Date.now() / 1000 - scaled.ts)} ago` }));

@@ -139,6 +139,9 @@ class ControlServer:
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise SupervisorError(f"{self.path} exists and is not a socket; not replacing it")
             self.path.unlink()  # we hold the project lock: a socket here is a dead daemon's
+        # Before the socket answers: a taken dashboard port must fail `up -d` with its error,
+        # not let it report a stack that is already shutting down.
+        await self.dashboard.open()
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
@@ -147,7 +150,6 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         log.info("control socket %s", self.path)
-        await self.dashboard.open()
 
     async def close(self) -> None:
         await self.dashboard.close()

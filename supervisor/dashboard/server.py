@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -110,8 +111,10 @@ class Dashboard:
             await web.TCPSite(runner, listen[0], listen[1]).start()
         except OSError as exc:
             await runner.cleanup()
+            # asyncio wraps the errno in a long sentence; the errno's own text says it all.
+            why = os.strerror(exc.errno) if exc.errno else str(exc)
             raise SupervisorError(
-                f"dashboard cannot listen on {format_address(listen)}: {exc.strerror or exc}"
+                f"dashboard cannot listen on {format_address(listen)}: {why}"
             ) from exc
         self._runner = runner
         host, port = runner.addresses[0][:2]

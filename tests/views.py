@@ -105,10 +105,10 @@ stop_timeout = "1s"
     return text
 
 
-def corral(cwd: Path, *args: str, timeout: float = 60) -> str:
+def _run_corral(cwd: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "NO_COLOR": "1"}
     env.pop("CORRAL_SOCKET", None)
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "supervisor", *args],
         cwd=cwd,
         capture_output=True,
@@ -116,6 +116,10 @@ def corral(cwd: Path, *args: str, timeout: float = 60) -> str:
         timeout=timeout,
         env=env,
     )
+
+
+def corral(cwd: Path, *args: str, timeout: float = 60) -> str:
+    result = _run_corral(cwd, *args, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"corral {' '.join(args)} -> {result.returncode}\n{result.stderr}")
     return result.stdout
@@ -138,14 +142,25 @@ def wait_for(predicate: Any, timeout: float, what: str) -> None:
 def detached_stack(tmp_path: Path, text: str | None = None) -> Iterator[Path]:
     """`corral up -d` in tmp_path; `corral down` after, asserting nothing is left running."""
     (tmp_path / "corral.toml").write_text(text or stack_toml())
-    corral(tmp_path, "up", "-d")
-    token = json.loads((tmp_path / ".corral" / "state.json").read_text())["token"]
+    token = ""
     try:
+        up = _run_corral(tmp_path, "up", "-d")
+        if up.returncode != 0 and not (tmp_path / ".corral" / "corral.sock").exists():
+            raise AssertionError(f"corral up -d -> {up.returncode}\n{up.stderr}")
+        token = json.loads((tmp_path / ".corral" / "state.json").read_text())["token"]
+        # Polled here rather than trusting `up -d` alone: its wait can answer while new
+        # instances are still in their initial state (a daemon race, reported separately).
+        wait_for(
+            lambda: all(r["state"] in ("ready", "running") for r in ps(tmp_path)),
+            60,
+            f"every instance up (corral up -d said: {up.stderr.strip() or 'ok'})",
+        )
         yield tmp_path
     finally:
-        with contextlib.suppress(AssertionError):
-            corral(tmp_path, "down")
-        assert token_processes(token) == []
+        if (tmp_path / ".corral" / "corral.sock").exists():
+            _run_corral(tmp_path, "down")
+        if token:
+            assert token_processes(token) == []
 
 
 def proxy_address(project: Path) -> str:

@@ -356,6 +356,22 @@ function authBanner(rejected) {
     " and open the URL it prints.");
 }
 
+// Complete records of a streamed response, split on `sep` ("\n\n": SSE frames, "\n": NDJSON).
+async function* records(res, sep) {
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let i;
+    while ((i = buf.indexOf(sep)) >= 0) {
+      yield buf.slice(0, i);
+      buf = buf.slice(i + sep.length);
+    }
+  }
+}
+
 function parseFrame(chunk) {
   let kind = "message", data = "";
   for (const line of chunk.split("\n")) {
@@ -379,19 +395,10 @@ async function follow() {
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       firstEvents = false;
       showBanner(null);
-      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buf = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += value;
-        let i;
-        while ((i = buf.indexOf("\n\n")) >= 0) {
-          const [kind, data] = parseFrame(buf.slice(0, i));
-          buf = buf.slice(i + 2);
-          if (kind === "stats") { render(data); lastFrame = Date.now(); setConn("live", "live"); delay = 500; }
-          else if (kind === "event") addEvent(data);
-        }
+      for await (const chunk of records(res, "\n\n")) {
+        const [kind, data] = parseFrame(chunk);
+        if (kind === "stats") { render(data); lastFrame = Date.now(); setConn("live", "live"); delay = 500; }
+        else if (kind === "event") addEvent(data);
       }
       setConn("down", "daemon stopped · reconnecting");
     } catch (e) {
@@ -503,16 +510,10 @@ async function followLogs() {
       const res = await fetch("v1/logs?" + q, { headers: headers(), signal: abort.signal });
       if (res.status === 401) return;
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
-      let buf = "";
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += value;
-        const lines = buf.split("\n");
-        buf = lines.pop();
-        const recs = lines.filter((l) => l.trim()).map((l) => JSON.parse(l));
-        if (logPaused) held.push(...recs); else appendLogs(recs);
+      for await (const line of records(res, "\n")) {
+        if (!line.trim()) continue;
+        const rec = JSON.parse(line);
+        if (logPaused) held.push(rec); else appendLogs([rec]);
       }
       q.set("n", "0");  // after a reconnect, only what is new
     } catch (e) {

@@ -263,7 +263,7 @@ async def test_page_and_assets_are_served_without_the_token(daemon: Daemon) -> N
             html = await resp.text()
             assert 'src="ui/app.js"' in html and "http" not in html.replace("http-equiv", "")
         for name, kind in [
-            ("app.js", "text/javascript"),
+            *((f"{m}.js", "text/javascript") for m in ("app", "api", "dom", "fleet", "logs")),
             ("style.css", "text/css"),
             ("favicon.svg", "image/svg+xml"),
         ]:
@@ -279,7 +279,7 @@ async def test_the_same_page_is_on_the_socket(daemon: Daemon) -> None:
     status, body = await _socket_get(daemon, "/")
     assert status == 200 and b"ui/app.js" in body
     status, body = await _socket_get(daemon, "/ui/app.js")
-    assert status == 200 and b"v1/stats" in body
+    assert status == 200 and b"v1/stats?follow=1" in body
 
 
 async def test_socket_refuses_browser_requests_by_dns_name_and_cross_site(daemon: Daemon) -> None:

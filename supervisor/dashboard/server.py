@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 # The only files served: a fixed list, so no request path can reach anything else on disk.
 ASSETS = {
-    "app.js": "text/javascript",
+    **{f"{name}.js": "text/javascript" for name in ("app", "api", "dom", "fleet", "logs")},
     "style.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }

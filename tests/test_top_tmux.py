@@ -29,14 +29,14 @@ pytestmark = [pytest.mark.views, pytest.mark.timeout(240)]
 
 
 class Terminal:
-    """One tmux server of our own (-L), one pane running one command."""
+    """One tmux server of our own (its socket in the test's directory), one pane, one command."""
 
-    def __init__(self, tmux: str, name: str) -> None:
+    def __init__(self, tmux: str, socket: Path) -> None:
         self.tmux = tmux
-        self.name = name
+        self.socket = socket
 
     def _run(self, *args: str) -> str:
-        cmd = [self.tmux, "-L", self.name, "-f", "/dev/null", *args]
+        cmd = [self.tmux, "-S", str(self.socket), "-f", "/dev/null", *args]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
     def start(self, command: str, cwd: Path, width: int, height: int) -> None:
@@ -83,12 +83,12 @@ class Terminal:
         return found[0]
 
     def close(self) -> None:
-        subprocess.run([self.tmux, "-L", self.name, "kill-server"], capture_output=True)
+        subprocess.run([self.tmux, "-S", str(self.socket), "kill-server"], capture_output=True)
 
 
 @pytest.fixture
 def terminal(tmp_path: Path) -> Iterator[Terminal]:
-    term = Terminal(require_tmux(), f"corral-test-{tmp_path.name}")
+    term = Terminal(require_tmux(), tmp_path / "tmux.sock")
     try:
         yield term
     finally:

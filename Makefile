@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= examples/shop/corral.toml
 
-.PHONY: up test lint pytest install clean bench
+.PHONY: up test lint pytest install clean bench screenshots
 
 $(BIN)/corral: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ test: lint pytest
 bench: $(BIN)/corral
 	bash bench/supervise.sh
 	INSTALL=1 bash bench/proxy.sh
+
+# docs/img/top.png and docs/img/dashboard.png, made by the view tests on a real stack (~3 min;
+# needs tmux and Chromium: .ci/setup-views installs them).
+screenshots: $(VENV)/.test-deps
+	CORRAL_SCREENSHOTS=1 CORRAL_REQUIRE=browser,tmux $(BIN)/pytest -m views \
+		-k "scales_on_a_key or lists_updates_and_rolls"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from config.checks import check_services
 from config.daemon import read_daemon
+from config.dashboard import read_dashboard
 from config.errors import ConfigError
 from config.graph import find_cycle, toposort
 from config.interpolate import interpolate
@@ -58,7 +59,7 @@ def _read_toml(file: Path) -> dict[str, object]:
 def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
     config_path = file.resolve()
     root = config_path.parent
-    top = Table(data, "", file, ("project", "daemon", "proxy", "services"))
+    top = Table(data, "", file, ("project", "daemon", "proxy", "dashboard", "services"))
     project = top.text("project", root.name or "corral")
     if not project:
         raise top.expected("project", "a non-empty name")
@@ -66,6 +67,7 @@ def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
     proxy = read_proxy(top)
     services = _read_services(top, file, root, environ)
     check_services(services, proxy, file)
+    dashboard = read_dashboard(top, services, proxy)
     services = _default_route(services, proxy)
     return Plan(
         path=config_path,
@@ -73,6 +75,7 @@ def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
         services=_ordered(services, file),
         daemon=daemon,
         proxy=proxy,
+        dashboard=dashboard,
     )
 
 

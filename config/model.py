@@ -149,6 +149,13 @@ class DaemonSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSpec:
+    """The web dashboard: always on the control socket, on TCP only when `listen` is set."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """A whole corral.toml, resolved."""
 
@@ -157,3 +164,4 @@ class Plan:
     services: dict[str, ServiceSpec]  # in start order (dependencies first)
     daemon: DaemonSpec
     proxy: ProxySpec | None = None
+    dashboard: DashboardSpec = field(default_factory=DashboardSpec)

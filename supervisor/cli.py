@@ -240,6 +240,40 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    """A live terminal view of the fleet (Textual, imported only for this command)."""
+    try:
+        from .top import run
+    except ImportError as exc:
+        raise SupervisorError(
+            f"corral top needs Textual ({exc}); install it with: pip install 'textual>=0.86'"
+        ) from None
+    return run(_socket(args), interval=args.interval)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    client = _client(args)
+    path = "/v1/dashboard/token" if args.rotate_token else "/v1/dashboard"
+    info = client.call("POST" if args.rotate_token else "GET", path)
+    if args.json:
+        _print_json(info)
+        return 0
+    if info["url"] is None:
+        print(
+            "corral: the dashboard is on the control socket only; set [dashboard] listen "
+            '(e.g. listen = "127.0.0.1:9100") and restart the daemon, or forward the socket: '
+            f"ssh -L 9100:{info['socket']} HOST, then open http://localhost:9100/",
+            file=sys.stderr,
+        )
+        return 1
+    print(info["url"])
+    if not args.url and (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        import webbrowser
+
+        webbrowser.open(info["url"])
+    return 0
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     result = _client(args).call("POST", "/v1/reload")
     if args.json:
@@ -352,6 +386,11 @@ def parser() -> argparse.ArgumentParser:
     events = add("events", cmd_events, "show state changes")
     events.add_argument("-f", "--follow", action="store_true", help="keep streaming")
     events.add_argument("-n", "--lines", type=int, default=50, help="events of history")
+    top = add("top", cmd_top, "live view of instances, traffic and logs (q quits)")
+    top.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    dash = add("dashboard", cmd_dashboard, "print the web dashboard's URL (with its token)")
+    dash.add_argument("--url", action="store_true", help="print the URL, do not open a browser")
+    dash.add_argument("--rotate-token", action="store_true", help="replace the token first")
     add("reload", cmd_reload, "re-read the config and apply the difference")
     down = add("down", cmd_down, "stop everything and the daemon")
     down.add_argument("--timeout", type=float, default=120.0)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .dashboard import Dashboard
 from .errors import SupervisorError, TargetError
 from .service import RollFailed
 
@@ -45,6 +46,12 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     uid = peer_uid(request)
     if uid is None or (uid != os.getuid() and uid != 0):
         return _error(403, f"uid {uid} may not control this daemon")
+    return await handler(request)
+
+
+@web.middleware
+async def map_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Supervisor exceptions as JSON errors (shared with the dashboard's TCP listener)."""
     try:
         return await handler(request)
     except TargetError as exc:
@@ -101,9 +108,10 @@ class ControlServer:
         self.path = path
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Task[Any]] = set()
+        self.dashboard = Dashboard(self)  # the web page, /v1/stats and the optional TCP listener
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[_guard])
+        app = web.Application(middlewares=[_guard, self.dashboard.browser_guard, map_errors])
         r = app.router
         r.add_get(f"{API}/status", self.status)
         r.add_get(f"{API}/ps", self.ps)
@@ -118,6 +126,7 @@ class ControlServer:
         r.add_post(f"{API}/shutdown", self.shutdown)
         r.add_get(f"{API}/wait", self.wait)
         r.add_get("/metrics", self.metrics)
+        self.dashboard.add_routes(app)
         return app
 
     async def open(self) -> None:
@@ -130,6 +139,9 @@ class ControlServer:
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise SupervisorError(f"{self.path} exists and is not a socket; not replacing it")
             self.path.unlink()  # we hold the project lock: a socket here is a dead daemon's
+        # Before the socket answers: a taken dashboard port must fail `up -d` with its error,
+        # not let it report a stack that is already shutting down.
+        await self.dashboard.open()
         self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await self._runner.setup()
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
@@ -140,6 +152,7 @@ class ControlServer:
         log.info("control socket %s", self.path)
 
     async def close(self) -> None:
+        await self.dashboard.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -201,6 +214,8 @@ class ControlServer:
             try:
                 async for record in follower:
                     await response.write(_line(record.to_json()))
+            except ConnectionResetError:
+                return response  # the reader left (Ctrl-C, a view switching its log pane)
             finally:
                 follower.close()
         await response.write_eof()
@@ -227,8 +242,11 @@ class ControlServer:
         for event in self.daemon.events.recent(n):
             await response.write(_line(event.to_json()))
         if follow:
-            async for event in self.daemon.events.follow():
-                await response.write(_line(event.to_json()))
+            try:
+                async for event in self.daemon.events.follow():
+                    await response.write(_line(event.to_json()))
+            except ConnectionResetError:
+                return response  # the reader left
         await response.write_eof()
         return response
 

@@ -96,6 +96,8 @@ def diff(old: Plan, new: Plan) -> PlanDiff:
     new_listen = new.proxy.listen if new.proxy else None
     if old_listen != new_listen:
         needs_restart.append("proxy.listen")
+    if old.dashboard != new.dashboard:
+        needs_restart.append("dashboard.listen")
     return PlanDiff(
         added=added,
         removed=removed,

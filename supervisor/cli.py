@@ -285,13 +285,26 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_proxy(args: argparse.Namespace) -> int:
     from config.model import Balance
 
-    from .foreground import proxy_blocking
+    from .foreground import entry_blocking, proxy_blocking
 
+    _setup_logging(args.verbose)
+    if args.config:
+        if args.listen or args.backend or args.backend_dns:
+            raise SupervisorError("--config names listen addresses and backends; drop the flags")
+        from config.entry import load_entry
+
+        return entry_blocking(load_entry(Path(args.config)))
+    if not args.listen:
+        raise SupervisorError("--listen is required (or --config FILE)")
+    if not args.backend and not args.backend_dns:
+        raise SupervisorError("at least one --backend or --backend-dns is required")
     listen = [_address(a) for a in args.listen]
     backends = [_address(a) for a in args.backend]
-    _setup_logging(args.verbose)
-
-    return proxy_blocking(listen, backends, Balance(args.balance))
+    names = [_address(a) for a in args.backend_dns]
+    interval = config.parse_duration(args.resolve_interval)
+    if interval <= 0:
+        raise SupervisorError(f"--resolve-interval must be > 0, got {args.resolve_interval!r}")
+    return proxy_blocking(listen, backends, Balance(args.balance), names, interval)
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -301,6 +314,12 @@ def _address(text: str) -> tuple[str, int]:
         return parse_address(text)
     except ValueError:
         raise SupervisorError(f"bad address {text!r}: expected HOST:PORT or [IPv6]:PORT") from None
+
+
+def _balances() -> list[Any]:
+    from config.model import Balance
+
+    return list(Balance)
 
 
 # --- argument parsing ------------------------------------------------------------------------------
@@ -356,10 +375,21 @@ def parser() -> argparse.ArgumentParser:
     down = add("down", cmd_down, "stop everything and the daemon")
     down.add_argument("--timeout", type=float, default=120.0)
     add("check", cmd_check, "validate the config and print the resolved plan")
-    proxy = add("proxy", cmd_proxy, "run only the load balancer, with static backends")
-    proxy.add_argument("--listen", action="append", required=True, metavar="HOST:PORT")
-    proxy.add_argument("--backend", action="append", required=True, metavar="HOST:PORT")
-    proxy.add_argument("--balance", default="round_robin")
+    proxy = add("proxy", cmd_proxy, "run only the load balancer (fixed or DNS-found backends)")
+    proxy.add_argument("--listen", action="append", default=[], metavar="HOST:PORT")
+    proxy.add_argument("--backend", action="append", default=[], metavar="HOST:PORT")
+    proxy.add_argument(
+        "--backend-dns",
+        action="append",
+        default=[],
+        metavar="NAME:PORT",
+        help="every address NAME resolves to is a backend (re-resolved on an interval)",
+    )
+    proxy.add_argument("--resolve-interval", default="2s", help="DNS re-resolve interval")
+    proxy.add_argument("--balance", default="round_robin", choices=[b.value for b in _balances()])
+    proxy.add_argument(
+        "--config", metavar="FILE", help="routes and backends from an entry file (docs/promote.md)"
+    )
     return p
 
 

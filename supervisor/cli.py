@@ -307,6 +307,39 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     return proxy_blocking(listen, backends, Balance(args.balance), names, interval)
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    from . import promote
+
+    plan = _plan(args)
+    out = Path(args.output).resolve()
+    options = promote.Options(
+        base_image=args.base_image, registry=args.registry, publish_mode=args.publish_mode
+    )
+    result = promote.promote(plan, args.target, out, args.services, options)
+    failed = args.strict and result.findings.dropped_any()
+    if args.json:
+        _print_json(
+            {
+                "target": result.target,
+                "output": str(out),
+                "written": not failed,
+                "files": list(result.files),
+                "verdicts": result.findings.to_json(),
+            }
+        )
+    else:
+        print(result.findings.report())
+    if failed:
+        print("corral: --strict: settings would be dropped; nothing written", file=sys.stderr)
+        return 1
+    promote.write(result, out)
+    if not args.json:
+        print(f"wrote {len(result.files)} files to {out}")
+    if args.build or args.deploy:
+        promote.run_tools(plan, result, out, options, args.services, deploy=args.deploy)
+    return 0
+
+
 def _address(text: str) -> tuple[str, int]:
     from config.proxy import parse_address  # the same forms `[proxy] listen` accepts
 
@@ -390,7 +423,26 @@ def parser() -> argparse.ArgumentParser:
     proxy.add_argument(
         "--config", metavar="FILE", help="routes and backends from an entry file (docs/promote.md)"
     )
+    promote = add("promote", cmd_promote, "write artifacts for docker, compose, swarm, k8s, ...")
+    promote.add_argument("target", choices=_targets(), metavar="TARGET", help=", ".join(_targets()))
+    promote.add_argument("services", nargs="*", metavar="SERVICE", help="default: every service")
+    promote.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    promote.add_argument("--build", action="store_true", help="build the images (or sam build)")
+    promote.add_argument("--deploy", action="store_true", help="build, then deploy with the tool")
+    promote.add_argument("--strict", action="store_true", help="fail if any setting is dropped")
+    promote.add_argument("--base-image", default="python:3.11-slim", help="FROM of every image")
+    promote.add_argument("--registry", default="", help="image name prefix, e.g. ghcr.io/acme")
+    promote.add_argument(
+        "--publish-mode",
+        choices=("ingress", "host"),
+        default="ingress",
+        help="swarm: how the entry proxy's port is published (host: no routing mesh)",
+    )
     return p
+
+
+def _targets() -> tuple[str, ...]:
+    return ("docker", "compose", "swarm", "k8s", "lambda", "knative")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

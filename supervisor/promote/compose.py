@@ -183,7 +183,7 @@ def judge_health(w: Workload, found: Findings, *, replaced_by: str | None) -> No
             name,
             "health.restart_unhealthy",
             Verdict.APPROXIMATED if spec.health.restart_unhealthy else Verdict.MAPPED,
-            "compose marks a container unhealthy but never restarts it (Swarm and k8s do)",
+            "Docker marks a container unhealthy but never restarts it (Swarm and k8s do)",
         )
     else:
         found.record(

@@ -80,16 +80,22 @@ class Findings:
         self.record(service, field, Verdict.DROPPED, note)
 
     def unless_default(
-        self, spec: ServiceSpec, field: str, verdict: Verdict, note: str, default_note: str = ""
+        self,
+        spec: ServiceSpec | ProxySpec,
+        field: str,
+        verdict: Verdict,
+        note: str,
+        default_note: str = "default",
     ) -> None:
         """`verdict` for a field the user set; a field left at its default loses nothing.
 
         `field` may be dotted (`route.path`): then its top-level field decides.
         """
+        owner = spec.name if isinstance(spec, ServiceSpec) else PROXY
         if is_default(spec, field):
-            self.mapped(spec.name, field, default_note or "default")
+            self.mapped(owner, field, default_note)
         else:
-            self.record(spec.name, field, verdict, note)
+            self.record(owner, field, verdict, note)
 
     def drop_service(self, spec: ServiceSpec, note: str) -> None:
         """Every field of a service the target cannot run at all."""
@@ -121,14 +127,28 @@ class Findings:
         ]
 
     def report(self) -> str:
-        """Short text: counts per verdict, then every approximation and drop with its note."""
+        """Short text: counts per verdict, then every approximation and drop with its note.
+
+        A service dropped whole (every field, one reason) takes one line.
+        """
         found = self.all()
         counts = {v: sum(1 for f in found if f.verdict is v) for v in Verdict}
         lines = [
             f"{self.target}: {counts[Verdict.MAPPED]} mapped, "
             f"{counts[Verdict.APPROXIMATED]} approximated, {counts[Verdict.DROPPED]} dropped"
         ]
+        by_service: dict[str, list[Finding]] = {}
         for f in found:
-            if f.verdict is not Verdict.MAPPED:
-                lines.append(f"  {f.verdict.value:<12} {f.service}.{f.field}: {f.note}")
+            by_service.setdefault(f.service, []).append(f)
+        for service, findings in by_service.items():
+            notes = {f.note for f in findings}
+            if all(f.verdict is Verdict.DROPPED for f in findings) and len(notes) == 1:
+                what = "every setting" if service == PROXY else "the whole service"
+                lines.append(f"  {'dropped':<12} {service} ({what}): {notes.pop()}")
+                continue
+            lines += [
+                f"  {f.verdict.value:<12} {service}.{f.field}: {f.note}"
+                for f in findings
+                if f.verdict is not Verdict.MAPPED
+            ]
         return "\n".join(lines)

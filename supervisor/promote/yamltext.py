@@ -13,6 +13,13 @@ def dump(data: Any) -> str:
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
+    def text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+        # Scripts (init containers' python -c) read as code in a literal block, not one line.
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    Dumper.add_representer(str, text)
+
     return yaml.dump(data, Dumper=Dumper, sort_keys=False, default_flow_style=False, width=1000)
 
 

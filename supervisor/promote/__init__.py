@@ -100,7 +100,7 @@ def run_tools(
         return
     if deploy and target == "docker":
         raise PromoteError("the docker target builds images only; deploy with compose or swarm")
-    tools.build_images(stack, out, echo)
+    tools.build_images(stack, out, echo, entry=target in ("compose", "swarm"))
     if not deploy:
         return
     if target == "compose":

@@ -75,7 +75,7 @@ def render(stack: Stack, found: Findings) -> dict[str, str]:
 
 
 _ORDER = (
-    *("image", "build", "command", "init", "deploy", "env_file", "environment", "ports"),
+    *("image", "build", "command", "deploy", "env_file", "environment", "ports"),
     *("healthcheck", "depends_on", "restart", "stop_signal", "stop_grace_period"),
 )
 
@@ -101,8 +101,6 @@ def service_entry(stack: Stack, w: Workload, found: Findings, *, swarm: bool) ->
     """What compose.yaml and the Swarm stack file say alike about a service."""
     judge_image(stack, w, found)
     service: dict[str, Any] = {"image": w.image, "command": list(w.command)}
-    if w.build.init:
-        service["init"] = True
     if w.env_files:
         service["env_file"] = [stack.from_out(path) for path in w.env_files]
     env = dict(w.env)

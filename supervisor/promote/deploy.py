@@ -26,8 +26,11 @@ log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
 
 
-def build_images(stack: Stack, out: Path, echo: Echo) -> None:
-    """docker build every image of the stack (BuildKit: it reads the per-Dockerfile ignore)."""
+def build_images(stack: Stack, out: Path, echo: Echo, *, entry: bool = True) -> None:
+    """docker build every image of the stack (BuildKit: it reads the per-Dockerfile ignore).
+
+    `entry`: the entry proxy's image too (the targets that run Corral's proxy write it).
+    """
     from .dockerfile import dockerfile_path
     from .entry import DIR
 
@@ -37,7 +40,7 @@ def build_images(stack: Stack, out: Path, echo: Echo) -> None:
     for w in stack.workloads.values():
         dockerfile = str(out / dockerfile_path(w))
         _run([*build, "-f", dockerfile, "-t", w.image, str(stack.root)], echo)
-    if stack.entry is not None:
+    if entry and stack.entry is not None:
         _run([*build, "-t", stack.entry.image, str(out / DIR)], echo)
 
 

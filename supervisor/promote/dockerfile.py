@@ -107,14 +107,17 @@ def _dockerfile(stack: Stack, w: Workload) -> str:
         "ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
         "RUN python -m venv /venv",
     ]
-    if build.init:
-        lines.append("RUN /venv/bin/pip install dumb-init")
+    # PID 1 gets no default signal actions: an app without a SIGTERM handler would ignore
+    # `docker stop` (under Corral it dies at once), and nothing would reap forked children.
+    # dumb-init forwards signals to the app and reaps, so the app behaves as it does locally.
+    lines.append("RUN /venv/bin/pip install dumb-init")
     if build.uv_lock and build.requirements:
         lines += [
             "RUN python -m venv /uv && /uv/bin/pip install uv",
             f"COPY {build.requirements} {build.uv_lock} /src/",
-            "RUN cd /src && UV_PROJECT_ENVIRONMENT=/venv /uv/bin/uv sync --frozen --no-dev "
-            "--no-install-project",
+            # UV_NATIVE_TLS: trust the image's CA store as pip does (uv's own roots otherwise).
+            "RUN cd /src && UV_PROJECT_ENVIRONMENT=/venv UV_NATIVE_TLS=1 /uv/bin/uv sync --frozen "
+            "--no-dev --no-install-project",
         ]
     elif build.requirements and build.requirements.endswith("pyproject.toml"):
         # Without a lock the project installs with its code: this layer follows code changes.
@@ -144,8 +147,7 @@ def _dockerfile(stack: Stack, w: Workload) -> str:
     lines.append(f"STOPSIGNAL {w.stop_signal.name}")
     if w.probe is not None:
         lines.append(healthcheck_line(w.probe))
-    if build.init:
-        lines.append('ENTRYPOINT ["dumb-init", "--"]')
+    lines.append('ENTRYPOINT ["dumb-init", "--"]')
     lines.append(f"CMD {json.dumps(list(w.command))}")
     return "\n".join(lines) + "\n"
 

@@ -32,8 +32,6 @@ from .errors import PromoteError
 
 DEFAULT_PORT = 8000  # a service with port = "auto" listens here inside its container
 ENTRY = "corral-proxy"  # the entry proxy's service name in compose, swarm and k8s
-# Programs that fork workers or children: PID 1 must reap them, so they run under an init.
-_FORKING = {"sh", "bash", "dash", "zsh", "gunicorn", "uwsgi", "celery", "honcho", "supervisord"}
 _IMAGE_NAME = re.compile(r"[^a-z0-9._-]+")
 
 
@@ -45,7 +43,6 @@ class Build:
     requirements: str | None  # requirements file, or pyproject.toml
     uv_lock: str | None  # uv.lock beside a pyproject.toml requirements file
     venv: bool
-    init: bool  # the command forks: an init reaps its children
     excluded: tuple[str, ...]  # never in the build context (state dir, env files, output)
 
 
@@ -244,13 +241,11 @@ def _build(
     for path in (plan.daemon.state_dir, out):
         if path.resolve().is_relative_to(root) and path.resolve() != root:
             excluded.append(_posix(os.path.relpath(path.resolve(), root)))
-    program = PurePosixPath(spec.command[0]).name
     return Build(
         code=code,
         requirements=requirements,
         uv_lock=uv_lock,
         venv=spec.venv,
-        init=program in _FORKING or "--workers" in spec.command,
         excluded=tuple(dict.fromkeys(excluded)),
     )
 

@@ -25,7 +25,7 @@ import pytest
 
 from supervisor.ports import free_port
 
-from .promote_support import copy_shop
+from .promote_support import APPS, copy_shop
 
 pytestmark = pytest.mark.docker
 
@@ -105,6 +105,11 @@ def _run(docker: str, *args: str) -> str:
     return result.stdout
 
 
+def _run_detached(docker: str, name: str, port: int, image: str) -> None:
+    """docker run -d on the host network with PORT overridden (a test may leave it Created)."""
+    _run(docker, "run", "-d", "--name", name, "--network", "host", "-e", f"PORT={port}", image)
+
+
 def _poll(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -144,19 +149,8 @@ def test_images_build_unmodified_and_the_api_container_turns_healthy(
     port = free_port()
     name = f"{PROJECT}-api-probe"
     # PORT is the image's default (8001); the HEALTHCHECK reads $PORT, so overriding it works.
-    _run(
-        docker,
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        "host",
-        "-e",
-        f"PORT={port}",
-        f"{PROJECT}-api",
-    )
     try:
+        _run_detached(docker, name, port, f"{PROJECT}-api")
         _poll(
             lambda: (
                 _run(docker, "inspect", "-f", "{{.State.Health.Status}}", name).strip() == "healthy"
@@ -172,6 +166,45 @@ def test_images_build_unmodified_and_the_api_container_turns_healthy(
         assert _run(docker, "inspect", "-f", "{{.State.ExitCode}}", name).strip() == "0"
     finally:
         subprocess.run([docker, "rm", "-f", name], capture_output=True)
+
+
+def test_a_uv_locked_service_builds_and_a_handlerless_app_stops_on_sigterm(
+    docker: str, tmp_path: Path
+) -> None:
+    root = tmp_path / "uvp"
+    shutil.copytree(APPS / "uvproj", root / "svc")
+    config = root / "corral.toml"
+    config.write_text(
+        f'project = "{PROJECT}"\n[services.locked]\ncommand = "python app.py"\ncwd = "svc"\n'
+        'port = 7200\nrequirements = "pyproject.toml"\nhealth = { http = "/", interval = "1s" }\n'
+    )
+    _promote(docker, config, "docker", "--build")
+    assert (
+        "uv sync --frozen" in (root / "out-docker" / "docker" / "locked" / "Dockerfile").read_text()
+    )
+    port = free_port()
+    name = f"{PROJECT}-locked-probe"
+    try:
+        _run_detached(docker, name, port, f"{PROJECT}-locked")
+        _poll(lambda: _text(port) == "six 1.17.0", 60, "the uv-locked dependency to answer")
+        # No SIGTERM handler: as PID 1 the app would ignore SIGTERM until SIGKILL (137); under
+        # dumb-init the default action ends it (143), as it would under Corral.
+        _run(docker, "stop", "--time", "30", name)
+        assert _run(docker, "inspect", "-f", "{{.State.ExitCode}}", name).strip() == "143"
+    finally:
+        subprocess.run([docker, "rm", "-f", name], capture_output=True)
+
+
+def _text(port: int) -> str:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", "/")
+            return conn.getresponse().read().decode()
+        finally:
+            conn.close()
+    except OSError:
+        return ""
 
 
 def test_compose_up_waits_for_healthy_replicas_in_dependency_order(

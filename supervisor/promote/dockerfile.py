@@ -107,10 +107,6 @@ def _dockerfile(stack: Stack, w: Workload) -> str:
         "ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1",
         "RUN python -m venv /venv",
     ]
-    # PID 1 gets no default signal actions: an app without a SIGTERM handler would ignore
-    # `docker stop` (under Corral it dies at once), and nothing would reap forked children.
-    # dumb-init forwards signals to the app and reaps, so the app behaves as it does locally.
-    lines.append("RUN /venv/bin/pip install dumb-init")
     if build.uv_lock and build.requirements:
         lines += [
             "RUN python -m venv /uv && /uv/bin/pip install uv",
@@ -127,6 +123,11 @@ def _dockerfile(stack: Stack, w: Workload) -> str:
             f"COPY {build.requirements} /src/requirements.txt",
             "RUN /venv/bin/pip install -r /src/requirements.txt",
         ]
+    # PID 1 gets no default signal actions: an app without a SIGTERM handler would ignore
+    # `docker stop` (under Corral it dies at once), and nothing would reap forked children.
+    # dumb-init forwards signals to the app and reaps, so the app behaves as it does locally.
+    # Last in the stage: `uv sync` removes whatever its lock does not list.
+    lines.append("RUN /venv/bin/pip install dumb-init")
     lines += [
         "",
         f"FROM {stack.base_image}",

@@ -24,8 +24,17 @@ Resolver = Callable[[str, int], Awaitable[list[str]]]
 
 
 async def resolve(host: str, port: int) -> list[str]:
-    """Every address `host` resolves to (the system resolver, as getaddrinfo sees it), sorted."""
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    """Every IPv4 address of `host` (the system resolver), sorted; IPv6 only if it has none.
+
+    One family at a time: asking for both makes getaddrinfo wait for the AAAA answer too, and
+    Docker's embedded DNS forwards AAAA queries for its own names upstream, where (on an
+    isolated network) they time out, so every lookup took seconds and the pool went stale.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        infos = await loop.getaddrinfo(host, port, family=socket.AF_INET6, type=socket.SOCK_STREAM)
     return sorted({str(info[4][0]) for info in infos})
 
 
@@ -84,7 +93,7 @@ class DnsDiscovery:
                 log.warning(
                     "discovery %s: lookup failed (%s); keeping %d members",
                     self.name,
-                    exc,
+                    str(exc) or "no answer in time",
                     len(self._members),
                 )
             self._failing = True

@@ -27,7 +27,8 @@ from supervisor.ports import free_port
 
 from .promote_support import APPS, copy_shop
 
-pytestmark = pytest.mark.docker
+# Image builds from nothing (a clean CI machine) take minutes, not the suite's 60 s per test.
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 PROJECT = "shoptest"
 BASE_IMAGE = "python:3.11-slim"

@@ -71,6 +71,12 @@ def deploy_swarm(stack: Stack, out: Path, echo: Echo, *, timeout: float = 300.0)
     while time.monotonic() < deadline:
         pending = _swarm_pending(docker, stack)
         if not pending:
+            rolled_back = _rolled_back(docker, stack)
+            if rolled_back:
+                raise PromoteError(
+                    f"the last update of {', '.join(rolled_back)} failed and was rolled back "
+                    "(docker service ps shows why)"
+                )
             echo(f"stack {stack.project}: every service has its replicas")
             return
         time.sleep(1)
@@ -80,6 +86,7 @@ def deploy_swarm(stack: Stack, out: Path, echo: Echo, *, timeout: float = 300.0)
 
 
 def _swarm_pending(docker: str, stack: Stack) -> list[str]:
+    """Services still short of replicas or mid-update; raises if an update was rolled back."""
     result = subprocess.run(
         [docker, "stack", "services", stack.project, "--format", "{{json .}}"],
         capture_output=True,
@@ -90,12 +97,38 @@ def _swarm_pending(docker: str, stack: Stack) -> list[str]:
         return [result.stderr.strip() or "docker stack services failed"]
     pending = []
     oneshots = {f"{stack.project}_{w.name}" for w in stack.workloads.values() if w.oneshot}
+    names = []
     for line in result.stdout.splitlines():
         row = json.loads(line)
+        names.append(str(row["Name"]))
         running, _, desired = str(row["Replicas"]).partition("/")
         if row["Name"] not in oneshots and running != desired.split(" ")[0]:
             pending.append(f"{row['Name']} {row['Replicas']}")
+    # Replicas are complete all through a start-first update: its own state says when it ends.
+    states = subprocess.run(
+        [docker, "service", "inspect", "--format", _UPDATE_STATE, *names],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    for name, state in zip(names, states, strict=False):
+        if state in ("updating", "paused", "rollback_started", "rollback_paused"):
+            pending.append(f"{name} {state}")
     return pending
+
+
+def _rolled_back(docker: str, stack: Stack) -> list[str]:
+    names = [f"{stack.project}_{name}" for name in stack.workloads]
+    states = subprocess.run(
+        [docker, "service", "inspect", "--format", _UPDATE_STATE, *names],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    return [n for n, state in zip(names, states, strict=False) if state == "rollback_completed"]
+
+
+_UPDATE_STATE = "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}none{{end}}"
 
 
 def deploy_kubectl(path: Path, echo: Echo, *, kustomize: bool) -> None:

@@ -217,6 +217,17 @@ def test_json_lists_files_and_every_verdict(tmp_path: Path) -> None:
     assert {v["verdict"] for v in data["verdicts"]} <= {"mapped", "approximated", "dropped"}
 
 
+def test_deploy_without_the_tool_says_which_is_missing(tmp_path: Path) -> None:
+    path = copy_shop(tmp_path)
+    env = {**os.environ, "DOCKER": "no-such-docker"}
+    args = ["promote", "k8s", "-f", str(path), "-o", str(tmp_path / "o"), "--deploy"]
+    result = subprocess.run([*CORRAL, *args], capture_output=True, text=True, env=env, timeout=60)
+
+    assert result.returncode == 1
+    assert "no-such-docker not found on PATH (set $DOCKER to the program to use)" in result.stderr
+    assert (tmp_path / "o" / "k8s" / "kustomization.yaml").is_file()  # written before the tools
+
+
 def test_a_service_without_app_cannot_go_to_lambda(tmp_path: Path) -> None:
     result = _corral(
         "promote", "lambda", "-f", str(copy_shop(tmp_path)), "-o", str(tmp_path / "o"), cwd=tmp_path

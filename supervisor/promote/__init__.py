@@ -15,7 +15,7 @@ from pathlib import Path
 from config.model import Plan
 
 from .errors import PromoteError
-from .model import build_stack
+from .model import Stack, build_stack
 from .verdict import Findings
 
 TARGETS = ("docker", "compose", "swarm", "k8s", "lambda", "knative")
@@ -46,6 +46,7 @@ class Result:
     target: str
     files: dict[str, str]
     findings: Findings
+    stack: Stack
 
 
 def promote(
@@ -64,7 +65,7 @@ def promote(
         render(stack, found, options.publish_mode) if target == "swarm" else render(stack, found)
     )
     found.complete([w.spec for w in stack.workloads.values()], plan.proxy)
-    return Result(target, dict(sorted(files.items())), found)
+    return Result(target, dict(sorted(files.items())), found, stack)
 
 
 def write(result: Result, out: Path) -> list[Path]:
@@ -79,22 +80,12 @@ def write(result: Result, out: Path) -> list[Path]:
 
 
 def run_tools(
-    plan: Plan,
-    result: Result,
-    out: Path,
-    options: Options,
-    services: list[str],
-    *,
-    deploy: bool,
-    echo: Callable[[str], None] = print,
+    result: Result, out: Path, *, deploy: bool, echo: Callable[[str], None] = print
 ) -> None:
     """`--build` / `--deploy`: run docker, compose, kubectl or sam on the written files."""
     from . import deploy as tools
 
-    stack = build_stack(
-        plan, out, services, base_image=options.base_image, registry=options.registry
-    )
-    target = result.target
+    stack, target = result.stack, result.target
     if target == "lambda":
         tools.sam(out, echo, deploy=deploy)
         return

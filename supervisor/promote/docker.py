@@ -35,7 +35,12 @@ def render(stack: Stack, found: Findings) -> dict[str, str]:
         judge_image(stack, w, found)
         spec, name = w.spec, w.name
         found.mapped(name, "name", "image name " + w.image)
-        found.mapped(name, "port", f"EXPOSE {w.port} and PORT={w.port}" if w.port else "no port")
+        if spec.auto_port:
+            found.approximated(name, "port", f'"auto": EXPOSE {w.port} and PORT={w.port}')
+        else:
+            found.mapped(
+                name, "port", f"EXPOSE {w.port} and PORT={w.port}" if w.port else "no port"
+            )
         found.mapped(name, "auto_port", "see port")
         found.mapped(name, "app", "not needed: the image runs the command")
         judge_health(w, found, replaced_by=None)

@@ -103,8 +103,43 @@ def test_same_input_same_bytes(tmp_path: Path, target: str) -> None:
     assert first.findings.to_json() == second.findings.to_json()
 
 
-def _golden_tree(out: Path) -> dict[str, bytes]:
-    return {name: data for name, data in tree(out).items() if not name.startswith(CORRAL_SOURCE)}
+SHIM = "lambda/shim/corral_lambda.py"
+
+
+def _golden_tree(out: Path, target: str) -> dict[str, bytes]:
+    """What the golden files hold: not Corral's own source, not the shim (a copy of
+    supervisor/promote/lambda_shim.py), and the images only under the docker target."""
+    return {
+        name: data
+        for name, data in tree(out).items()
+        if not name.startswith(CORRAL_SOURCE)
+        and name != SHIM
+        and (target == "docker" or not name.startswith("docker/"))
+    }
+
+
+@pytest.mark.parametrize("target", ["compose", "swarm", "k8s", "knative"])
+def test_every_container_target_writes_the_docker_targets_images(
+    tmp_path: Path, target: str
+) -> None:
+    path = copy_shop(tmp_path)
+    images = {n: d for n, d in tree(_out(path, "docker")).items() if n.startswith("docker/")}
+    theirs = {n: d for n, d in tree(_out(path, target)).items() if n.startswith("docker/")}
+    assert theirs and set(theirs) <= set(images)
+    assert all(theirs[name] == images[name] for name in theirs)
+
+
+def _out(config_path: Path, target: str) -> Path:
+    out = config_path.parent / "deploy"
+    shutil.rmtree(out, ignore_errors=True)
+    promoted(config_path, target, out)
+    return out
+
+
+def test_the_lambda_shim_is_the_module_corral_tests(tmp_path: Path) -> None:
+    out = _out(full_project(tmp_path), "lambda")
+    source = ROOT / "supervisor" / "promote" / "lambda_shim.py"
+    assert (out / SHIM).read_bytes() == source.read_bytes()
 
 
 @pytest.mark.parametrize("target", [t for t in TARGETS if t != "lambda"])
@@ -123,7 +158,7 @@ def test_lambda_matches_the_golden_files(tmp_path: Path) -> None:
 
 def _compare_golden(out: Path, target: str, report: str) -> None:
     """Compare with tests/golden/promote/TARGET; CORRAL_UPDATE_GOLDEN=1 rewrites it instead."""
-    got = _golden_tree(out)
+    got = _golden_tree(out, target)
     golden = GOLDEN / target
     if os.environ.get("CORRAL_UPDATE_GOLDEN"):
         shutil.rmtree(golden, ignore_errors=True)

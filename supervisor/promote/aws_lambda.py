@@ -196,21 +196,8 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
     if spec.health is None:
         found.mapped(name, "health", "none")
     else:
-        for field in (
-            "kind",
-            "path",
-            "command",
-            "interval",
-            "timeout",
-            "retries",
-            "start_period",
-            "restart_unhealthy",
-        ):
-            found.dropped(
-                name,
-                f"health.{field}",
-                "Lambda has no health checks: an invocation either works or fails",
-            )
+        note = "Lambda has no health checks: an invocation either works or fails"
+        found.drop_service(spec, note, under="health")
     for field in ("watch", "watch_ignore", "max_surge"):
         found.unless_default(spec, field, Verdict.DROPPED, "not applicable to Lambda", "none")
     if spec.route is None or stack.plan.proxy is None:

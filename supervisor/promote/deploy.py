@@ -105,13 +105,7 @@ def _swarm_pending(docker: str, stack: Stack) -> list[str]:
         if row["Name"] not in oneshots and running != desired.split(" ")[0]:
             pending.append(f"{row['Name']} {row['Replicas']}")
     # Replicas are complete all through a start-first update: its own state says when it ends.
-    states = subprocess.run(
-        [docker, "service", "inspect", "--format", _UPDATE_STATE, *names],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    for name, state in zip(names, states, strict=False):
+    for name, state in _update_states(docker, names):
         if state in ("updating", "paused", "rollback_started", "rollback_paused"):
             pending.append(f"{name} {state}")
     return pending
@@ -119,13 +113,18 @@ def _swarm_pending(docker: str, stack: Stack) -> list[str]:
 
 def _rolled_back(docker: str, stack: Stack) -> list[str]:
     names = [f"{stack.project}_{name}" for name in stack.workloads]
+    return [n for n, state in _update_states(docker, names) if state == "rollback_completed"]
+
+
+def _update_states(docker: str, names: list[str]) -> list[tuple[str, str]]:
+    """(service, its UpdateStatus.State or "none") for each of `names`."""
     states = subprocess.run(
         [docker, "service", "inspect", "--format", _UPDATE_STATE, *names],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.split()
-    return [n for n, state in zip(names, states, strict=False) if state == "rollback_completed"]
+    return list(zip(names, states, strict=False))
 
 
 _UPDATE_STATE = "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{else}}none{{end}}"

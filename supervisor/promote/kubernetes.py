@@ -313,17 +313,7 @@ def judge_probes(w: Workload, found: Findings, *, startup: bool) -> None:
         )
         return
     if w.oneshot:
-        for field in (
-            "kind",
-            "path",
-            "command",
-            "interval",
-            "timeout",
-            "retries",
-            "start_period",
-            "restart_unhealthy",
-        ):
-            found.dropped(name, f"health.{field}", "a Job's pod has no probes")
+        found.drop_service(spec, "a Job's pod has no probes", under="health")
         return
     for field in ("kind", "path", "command", "retries"):
         found.mapped(name, f"health.{field}", "readinessProbe")

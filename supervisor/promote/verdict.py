@@ -97,10 +97,11 @@ class Findings:
         else:
             self.record(owner, field, verdict, note)
 
-    def drop_service(self, spec: ServiceSpec, note: str) -> None:
-        """Every field of a service the target cannot run at all."""
+    def drop_service(self, spec: ServiceSpec, note: str, under: str = "") -> None:
+        """Every field of a service the target cannot run at all (or every one `under.`)."""
         for name in field_paths(spec):
-            self.dropped(spec.name, name, note)
+            if not under or name.startswith(under + "."):
+                self.dropped(spec.name, name, note)
 
     def complete(self, services: list[ServiceSpec], proxy: ProxySpec | None) -> None:
         """Record every field nobody judged as dropped (UNJUDGED), so none goes unmentioned."""

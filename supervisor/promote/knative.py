@@ -12,8 +12,9 @@ import math
 from typing import Any
 
 from .dockerfile import judge_image, render_image
-from .kubernetes import config_map, container, judge_probes, judge_proxy, k8s_name, labels
+from .kubernetes import config_map, judge_probes, judge_proxy
 from .model import Stack, Workload
+from .pods import container, k8s_name, labels
 from .verdict import Findings, Verdict
 
 DIR = "knative"

@@ -29,7 +29,7 @@ RESOLVE_INTERVAL = 1.0
 
 def entry_probe(entry: Entry) -> Probe:
     """The entry container's health: its first listen port accepts connections."""
-    return Probe(HealthKind.TCP, "", (), 2.0, 1.0, 3, 0.0, liveness=True, implicit=True)
+    return Probe(HealthKind.TCP, "", (), 2.0, 1.0, 3, 0.0, liveness=True)
 
 
 def render_entry(stack: Stack, entry: Entry, dns: str) -> dict[str, str]:

@@ -48,7 +48,7 @@ class Build:
 
 @dataclass(frozen=True, slots=True)
 class Probe:
-    """The health check as a container probe; `implicit` when Corral only waits for the port."""
+    """The health check as a container probe (or a TCP one, where Corral waits for the port)."""
 
     kind: HealthKind
     path: str
@@ -58,7 +58,6 @@ class Probe:
     retries: int
     start_period: float
     liveness: bool  # unhealthy instances are restarted
-    implicit: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +138,6 @@ class Stack:
     workloads: dict[str, Workload]  # in start order
     entry: Entry | None
     base_image: str
-    registry: str
 
     def from_out(self, path: str) -> str:
         """`path` (relative to the project root) relative to the output directory."""
@@ -175,7 +173,6 @@ def build_stack(
         workloads=workloads,
         entry=_entry(plan, workloads, project, registry),
         base_image=base_image,
-        registry=registry,
     )
 
 
@@ -256,7 +253,7 @@ def _probe(spec: ServiceSpec, port: int | None) -> Probe | None:
         if port is None:
             return None
         # Corral's readiness without a check: the port accepts a connection.
-        return Probe(HealthKind.TCP, "", (), 2.0, 1.0, 3, 0.0, liveness=False, implicit=True)
+        return Probe(HealthKind.TCP, "", (), 2.0, 1.0, 3, 0.0, liveness=False)
     command = tuple(arg.replace("{port}", str(port)) for arg in health.command)
     return Probe(
         kind=health.kind,
@@ -267,7 +264,6 @@ def _probe(spec: ServiceSpec, port: int | None) -> Probe | None:
         retries=health.retries,
         start_period=health.start_period,
         liveness=health.restart_unhealthy,
-        implicit=False,
     )
 
 

@@ -270,3 +270,16 @@ def test_a_service_without_app_cannot_go_to_lambda(tmp_path: Path) -> None:
 
     assert result.returncode == 1
     assert "no service of corral.toml can be a Lambda function" in result.stderr
+
+
+def test_base_image_and_registry_options_name_the_images(tmp_path: Path) -> None:
+    path = copy_shop(tmp_path)
+    out = tmp_path / "out"
+    promoted(path, "k8s", out, base_image="python:3.11-bookworm", registry="ghcr.io/acme/")
+
+    dockerfile = (out / "docker" / "api" / "Dockerfile").read_text()
+    assert "FROM python:3.11-bookworm AS deps" in dockerfile
+    assert "\nFROM python:3.11-bookworm\n" in dockerfile
+    deployment = (out / "k8s" / "api-deployment.yaml").read_text()
+    assert "image: ghcr.io/acme/shop-api:latest" in deployment
+    assert "python:3.11-slim" not in dockerfile + deployment

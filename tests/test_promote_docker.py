@@ -86,11 +86,35 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     return path, port
 
 
+def _index_build_args() -> str:
+    """This machine's pip index settings as build args, so builds reach the index as pip here
+    does (the artifacts stay registry-neutral: they only declare the args). Local `file://`
+    indexes are not reachable inside a build and are left out; the CA bundle pip names is in
+    the base image .ci/setup-docker makes."""
+    from supervisor.pipconfig import pip_settings
+
+    pip = pip_settings(os.environ)
+    args = []
+    for option, name in (
+        ("index-url", "PIP_INDEX_URL"),
+        ("extra-index-url", "PIP_EXTRA_INDEX_URL"),
+    ):
+        urls = [u for u in pip.get(option, "").split() if u.startswith(("http://", "https://"))]
+        if urls:  # DOCKER_BUILD_ARGS splits on spaces: one URL per setting
+            args.append(f"{name}={urls[0]}")
+    return " ".join(args)
+
+
 def _promote(
     docker: str, config: Path, target: str, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     # This engine has no default bridge network: builds use the host's (DOCKER_BUILD_NETWORK).
-    env = {**os.environ, "DOCKER": docker, "DOCKER_BUILD_NETWORK": "host"}
+    env = {
+        **os.environ,
+        "DOCKER": docker,
+        "DOCKER_BUILD_NETWORK": "host",
+        "DOCKER_BUILD_ARGS": _index_build_args(),
+    }
     args = ["promote", target, "-f", str(config), "-o", str(config.parent / f"out-{target}")]
     result = subprocess.run(
         [*CORRAL, *args, *extra], capture_output=True, text=True, env=env, timeout=900

@@ -3,7 +3,8 @@
 Each command is printed before it runs; the first that fails stops the promotion with its exit
 status. `$DOCKER`, `$KUBECTL` and `$SAM` choose the programs (default: the ones on PATH);
 `$DOCKER_BUILD_NETWORK` is passed to `docker build --network` (an engine without a default
-bridge network needs `host`).
+bridge network needs `host`), and `$DOCKER_BUILD_ARGS` (`NAME=VALUE ...`) as `--build-arg`s,
+e.g. `PIP_INDEX_URL=https://mirror/simple` (the Dockerfiles declare the pip and uv index args).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def build_images(stack: Stack, out: Path, echo: Echo, *, entry: bool = True) -> 
     build = [_tool("DOCKER", "docker"), "build"]
     if os.environ.get("DOCKER_BUILD_NETWORK"):
         build += ["--network", os.environ["DOCKER_BUILD_NETWORK"]]
+    for arg in os.environ.get("DOCKER_BUILD_ARGS", "").split():
+        build += ["--build-arg", arg]
     for w in stack.workloads.values():
         dockerfile = str(out / dockerfile_path(w))
         _run([*build, "-f", dockerfile, "-t", w.image, str(stack.root)], echo)

@@ -115,6 +115,26 @@ def full_project(tmp_path: Path) -> Path:
     return path
 
 
+def without_proxy(tmp_path: Path) -> Path:
+    """The fully loaded project with no [proxy] table: routes are set but nothing proxies."""
+    path = full_project(tmp_path)
+    text = path.read_text()
+    start, end = text.index("[proxy]"), text.index("[services.migrate]")
+    path.write_text(text[:start] + text[end:])
+    return path
+
+
+def idle_proxy(tmp_path: Path) -> Path:
+    """The fully loaded [proxy] table, but no service with a port for it to route to."""
+    text = full_project(tmp_path).read_text()
+    root = tmp_path / "idle"
+    root.mkdir()
+    path = root / "corral.toml"
+    proxy = text[text.index("[proxy]") : text.index("[services.migrate]")]
+    path.write_text(proxy + '[services.worker]\ncommand = "python3 w.py"\nvenv = false\n')
+    return path
+
+
 def promoted(
     config_path: Path, target: str, out: Path, services: list[str] | None = None, **options: str
 ) -> Result:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,10 @@ from .promote_support import (
     ROOT,
     copy_shop,
     full_project,
+    idle_proxy,
     promoted,
     tree,
+    without_proxy,
 )
 
 CORRAL = [sys.executable, "-m", "supervisor"]
@@ -62,9 +65,16 @@ def test_the_fully_loaded_project_sets_every_field(tmp_path: Path) -> None:
     assert proxy_unset == []
 
 
+@pytest.mark.parametrize("project", [full_project, without_proxy, idle_proxy])
 @pytest.mark.parametrize("target", TARGETS)
-def test_every_field_of_every_service_gets_a_verdict(tmp_path: Path, target: str) -> None:
-    plan = config.load(full_project(tmp_path), environ={})
+def test_every_field_of_every_service_gets_a_verdict(
+    tmp_path: Path, target: str, project: Callable[[Path], Path]
+) -> None:
+    plan = config.load(project(tmp_path), environ={})
+    if target == "lambda" and project is idle_proxy:
+        with pytest.raises(PromoteError, match="can be a Lambda function"):
+            promote(plan, target, tmp_path / "out", [])
+        return
     result = promote(plan, target, tmp_path / "out", [])
 
     missing, unjudged = [], []
@@ -76,8 +86,7 @@ def test_every_field_of_every_service_gets_a_verdict(tmp_path: Path, target: str
             elif finding.note == UNJUDGED:
                 unjudged.append(f"{spec.name}.{name}")
             assert finding is None or finding.note, f"{spec.name}.{name} has no note"
-    assert plan.proxy is not None
-    for name in _expected_fields(plan.proxy):
+    for name in _expected_fields(plan.proxy) if plan.proxy else []:
         finding = result.findings.get(PROXY, name)
         if finding is None or finding.note == UNJUDGED:
             unjudged.append(f"{PROXY}.{name}")

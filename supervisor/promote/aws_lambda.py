@@ -200,7 +200,7 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
         found.drop_service(spec, note, under="health")
     for field in ("watch", "watch_ignore", "max_surge"):
         found.unless_default(spec, field, Verdict.DROPPED, "not applicable to Lambda", "none")
-    if spec.route is None or stack.plan.proxy is None:
+    if spec.route is None:
         found.approximated(name, "route", "HttpApi events for / and /{proxy+}")
     else:
         found.mapped(name, "route.path", "HttpApi event paths (the prefix and everything under it)")

@@ -19,7 +19,7 @@ from config.units import format_duration, format_size
 
 from .dockerfile import PIP_ARGS, UID, healthcheck_line
 from .model import Entry, Probe, Stack
-from .verdict import PROXY, Findings
+from .verdict import PROXY, Findings, field_paths
 
 DIR = "corral-proxy"
 ENTRY_FILE = "/etc/corral/entry.toml"
@@ -84,6 +84,14 @@ def judge_proxy(found: Findings, proxy: ProxySpec, listen_note: str, listen_exac
         found.mapped(PROXY, "listen", listen_note)
     else:
         found.approximated(PROXY, "listen", listen_note)
+
+
+def judge_idle_proxy(found: Findings, proxy: ProxySpec | None) -> None:
+    """Verdicts on a [proxy] with nothing routed: no entry proxy runs, and nothing is lost."""
+    if proxy is None:
+        return
+    for name in field_paths(proxy):
+        found.mapped(PROXY, name, "no service is routed: no entry proxy is needed")
 
 
 def _proxy_table(proxy: ProxySpec, entry: Entry) -> dict[str, object]:

@@ -106,10 +106,7 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
     for field in ("watch", "watch_ignore"):
         found.unless_default(spec, field, Verdict.DROPPED, "development only", "none")
     if spec.route is None or stack.plan.proxy is None:
-        for field in ("route", "balance", "hash_key.source", "hash_key.name", "weights"):
-            found.mapped(name, field, "not proxied")
-        found.mapped(name, "default_weight", "not proxied")
-        found.mapped(name, "drain_timeout", "not proxied")
+        found.not_proxied(spec)
         return
     note = "each Knative Service gets its own host name; map paths with a DomainMapping or Ingress"
     route = spec.route

@@ -320,16 +320,7 @@ def _judge_depends(stack: Stack, w: Workload, found: Findings) -> None:
 def _judge_routes(stack: Stack, w: Workload, found: Findings) -> None:
     spec, name = w.spec, w.name
     if spec.route is None or stack.plan.proxy is None or w.port is None:
-        for field in (
-            "route",
-            "balance",
-            "hash_key.source",
-            "hash_key.name",
-            "weights",
-            "default_weight",
-            "drain_timeout",
-        ):
-            found.mapped(name, field, "not proxied")
+        found.not_proxied(spec)
         return
     found.mapped(name, "route.path", "Ingress path, pathType Prefix (segment-wise, as Corral)")
     found.mapped(name, "route.host", "Ingress rule host")

@@ -17,6 +17,8 @@ from config.model import ProxySpec, ServiceSpec
 
 PROXY = "[proxy]"  # the "service" name proxy settings are recorded under
 UNJUDGED = "Corral has no translation of this setting for this target yet"
+# The fields only the proxy reads (config/model.py: "ignored when ... [proxy] is absent").
+PROXY_SIDE = ("route", "balance", "hash_key", "weights", "default_weight", "drain_timeout")
 
 
 class Verdict(enum.Enum):
@@ -102,6 +104,12 @@ class Findings:
         for name in field_paths(spec):
             if not under or name.startswith(under + "."):
                 self.dropped(spec.name, name, note)
+
+    def not_proxied(self, spec: ServiceSpec, note: str = "not proxied") -> None:
+        """The proxy-side fields of a service no proxy routes to: nothing is lost."""
+        for name in field_paths(spec):
+            if name.split(".")[0] in PROXY_SIDE:
+                self.mapped(spec.name, name, note)
 
     def complete(self, services: list[ServiceSpec], proxy: ProxySpec | None) -> None:
         """Record every field nobody judged as dropped (UNJUDGED), so none goes unmentioned."""

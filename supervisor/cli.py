@@ -336,7 +336,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"wrote {len(result.files)} files to {out}")
     if args.build or args.deploy:
-        promote.run_tools(result, out, deploy=args.deploy)
+        promote.run_tools(result, out, deploy=args.deploy, echo=print)
     return 0
 
 

@@ -79,9 +79,7 @@ def write(result: Result, out: Path) -> list[Path]:
     return written
 
 
-def run_tools(
-    result: Result, out: Path, *, deploy: bool, echo: Callable[[str], None] = print
-) -> None:
+def run_tools(result: Result, out: Path, *, deploy: bool, echo: Callable[[str], None]) -> None:
     """`--build` / `--deploy`: run docker, compose, kubectl or sam on the written files."""
     from . import deploy as tools
 

@@ -442,6 +442,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _targets() -> tuple[str, ...]:
+    # promote.TARGETS, spelled out: every command builds this parser, and importing the
+    # promote package for it would slow `corral ps` (a test keeps the two equal).
     return ("docker", "compose", "swarm", "k8s", "lambda", "knative")
 
 

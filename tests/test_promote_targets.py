@@ -292,3 +292,9 @@ def test_base_image_and_registry_options_name_the_images(tmp_path: Path) -> None
     deployment = (out / "k8s" / "api-deployment.yaml").read_text()
     assert "image: ghcr.io/acme/shop-api:latest" in deployment
     assert "python:3.11-slim" not in dockerfile + deployment
+
+
+def test_the_cli_offers_exactly_the_targets() -> None:
+    from supervisor.cli import _targets  # kept apart so `corral ps` does not import promote
+
+    assert _targets() == TARGETS

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= examples/shop/corral.toml
 
-.PHONY: up test lint pytest install clean bench screenshots
+.PHONY: up test lint pytest test-docker install clean bench screenshots
 
 $(BIN)/corral: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ pytest: $(VENV)/.test-deps
 	$(BIN)/pytest
 
 test: lint pytest
+
+# Only the tests that need a Docker engine (.ci/setup-docker starts one: engine, base image,
+# Compose v2, Swarm). `make test` runs them too; without an engine they skip.
+test-docker: $(VENV)/.test-deps
+	bash .ci/setup-docker
+	$(BIN)/pytest -m docker
 
 # Benchmarks against supervisord, nginx and HAProxy (installs them; takes a few minutes).
 bench: $(BIN)/corral

@@ -89,6 +89,8 @@ class ServiceSpec:
         "python3"  # interpreter the venv is built from (load() defaults it to Corral's own)
     )
     env: dict[str, str] = field(default_factory=dict)  # env_file merged in, interpolated
+    env_files: tuple[Path, ...] = ()  # the env_file files env was read from, in order
+    app: str | None = None  # "module:attr" of the ASGI/WSGI app, for `corral promote lambda`
     restart: RestartPolicy = RestartPolicy.ALWAYS
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from config.environment import read_environment
+from config.environment import env_file_paths, read_environment
 from config.health import read_health
 from config.model import Balance, DependCondition, RestartPolicy, ServiceSpec
 from config.routing import read_hash_key, read_route, read_weights
@@ -21,8 +21,10 @@ _ALLOWED = (
     *("command", "instances", "port", "cwd", "requirements", "venv", "python", "env", "env_file"),
     *("restart", "stop_signal", "stop_timeout", "depends_on", "oneshot", "health"),
     *("crash_limit", "crash_window", "backoff", "route", "balance", "hash_on", "weight"),
-    *("drain_timeout", "max_surge", "watch", "watch_ignore"),
+    *("drain_timeout", "max_surge", "watch", "watch_ignore", "app"),
 )
+# "module:attr" as uvicorn, gunicorn and Mangum users write it: dotted names on both sides.
+_APP = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def read_service(
@@ -55,6 +57,8 @@ def read_service(
         requirements=_read_requirements(table, cwd, venv),
         python=_read_python(table, venv),
         env=read_environment(table, cwd, environ),
+        env_files=env_file_paths(table, cwd),
+        app=_read_app(table),
         restart=_read_restart(table, oneshot),
         stop_signal=_read_signal(table),
         stop_timeout=table.duration("stop_timeout", 10.0),
@@ -89,6 +93,13 @@ def _read_port(table: Table, instances: int) -> tuple[int | None, bool]:
     if last > 65535:
         raise table.error("port", f"{instances} instances from port {port} would need up to {last}")
     return port, False
+
+
+def _read_app(table: Table) -> str | None:
+    app = table.optional_text("app")
+    if app is not None and not _APP.fullmatch(app):
+        raise table.expected("app", 'an import path "module:attribute" like "app:app"')
+    return app
 
 
 def _read_cwd(table: Table, root: Path) -> Path:

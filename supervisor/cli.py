@@ -319,13 +319,59 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_proxy(args: argparse.Namespace) -> int:
     from config.model import Balance
 
-    from .foreground import proxy_blocking
+    from .foreground import entry_blocking, proxy_blocking
 
+    _setup_logging(args.verbose)
+    if args.config:
+        if args.listen or args.backend or args.backend_dns:
+            raise SupervisorError("--config names listen addresses and backends; drop the flags")
+        from config.entry import load_entry
+
+        return entry_blocking(load_entry(Path(args.config)))
+    if not args.listen:
+        raise SupervisorError("--listen is required (or --config FILE)")
+    if not args.backend and not args.backend_dns:
+        raise SupervisorError("at least one --backend or --backend-dns is required")
     listen = [_address(a) for a in args.listen]
     backends = [_address(a) for a in args.backend]
-    _setup_logging(args.verbose)
+    names = [_address(a) for a in args.backend_dns]
+    interval = config.parse_duration(args.resolve_interval)
+    if interval <= 0:
+        raise SupervisorError(f"--resolve-interval must be > 0, got {args.resolve_interval!r}")
+    return proxy_blocking(listen, backends, Balance(args.balance), names, interval)
 
-    return proxy_blocking(listen, backends, Balance(args.balance))
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from . import promote
+
+    plan = _plan(args)
+    out = Path(args.output).resolve()
+    options = promote.Options(
+        base_image=args.base_image, registry=args.registry, publish_mode=args.publish_mode
+    )
+    result = promote.promote(plan, args.target, out, args.services, options)
+    failed = args.strict and result.findings.dropped_any()
+    if args.json:
+        _print_json(
+            {
+                "target": result.target,
+                "output": str(out),
+                "written": not failed,
+                "files": list(result.files),
+                "verdicts": result.findings.to_json(),
+            }
+        )
+    else:
+        print(result.findings.report())
+    if failed:
+        print("corral: --strict: settings would be dropped; nothing written", file=sys.stderr)
+        return 1
+    promote.write(result, out)
+    if not args.json:
+        print(f"wrote {len(result.files)} files to {out}")
+    if args.build or args.deploy:
+        promote.run_tools(result, out, deploy=args.deploy, echo=print)
+    return 0
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -335,6 +381,12 @@ def _address(text: str) -> tuple[str, int]:
         return parse_address(text)
     except ValueError:
         raise SupervisorError(f"bad address {text!r}: expected HOST:PORT or [IPv6]:PORT") from None
+
+
+def _balances() -> list[Any]:
+    from config.model import Balance
+
+    return list(Balance)
 
 
 # --- argument parsing ------------------------------------------------------------------------------
@@ -395,11 +447,43 @@ def parser() -> argparse.ArgumentParser:
     down = add("down", cmd_down, "stop everything and the daemon")
     down.add_argument("--timeout", type=float, default=120.0)
     add("check", cmd_check, "validate the config and print the resolved plan")
-    proxy = add("proxy", cmd_proxy, "run only the load balancer, with static backends")
-    proxy.add_argument("--listen", action="append", required=True, metavar="HOST:PORT")
-    proxy.add_argument("--backend", action="append", required=True, metavar="HOST:PORT")
-    proxy.add_argument("--balance", default="round_robin")
+    proxy = add("proxy", cmd_proxy, "run only the load balancer (fixed or DNS-found backends)")
+    proxy.add_argument("--listen", action="append", default=[], metavar="HOST:PORT")
+    proxy.add_argument("--backend", action="append", default=[], metavar="HOST:PORT")
+    proxy.add_argument(
+        "--backend-dns",
+        action="append",
+        default=[],
+        metavar="NAME:PORT",
+        help="every address NAME resolves to is a backend (re-resolved on an interval)",
+    )
+    proxy.add_argument("--resolve-interval", default="2s", help="DNS re-resolve interval")
+    proxy.add_argument("--balance", default="round_robin", choices=[b.value for b in _balances()])
+    proxy.add_argument(
+        "--config", metavar="FILE", help="routes and backends from an entry file (docs/promote.md)"
+    )
+    promote = add("promote", cmd_promote, "write artifacts for docker, compose, swarm, k8s, ...")
+    promote.add_argument("target", choices=_targets(), metavar="TARGET", help=", ".join(_targets()))
+    promote.add_argument("services", nargs="*", metavar="SERVICE", help="default: every service")
+    promote.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    promote.add_argument("--build", action="store_true", help="build the images (or sam build)")
+    promote.add_argument("--deploy", action="store_true", help="build, then deploy with the tool")
+    promote.add_argument("--strict", action="store_true", help="fail if any setting is dropped")
+    promote.add_argument("--base-image", default="python:3.11-slim", help="FROM of every image")
+    promote.add_argument("--registry", default="", help="image name prefix, e.g. ghcr.io/acme")
+    promote.add_argument(
+        "--publish-mode",
+        choices=("ingress", "host"),
+        default="ingress",
+        help="swarm: how the entry proxy's port is published (host: no routing mesh)",
+    )
     return p
+
+
+def _targets() -> tuple[str, ...]:
+    # promote.TARGETS, spelled out: every command builds this parser, and importing the
+    # promote package for it would slow `corral ps` (a test keeps the two equal).
+    return ("docker", "compose", "swarm", "k8s", "lambda", "knative")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,8 +13,9 @@ def read_environment(table: Table, cwd: Path, environ: Mapping[str, str]) -> dic
     """`env_file` files in order, then the `env` table, which wins."""
     env: dict[str, str] = {}
     for name in table.strings("env_file"):
-        path = (cwd / Path(name).expanduser()).resolve()
-        if not path.is_file():
+        path = table.join("env_file", name, cwd, resolve=True)
+        st = table.stat("env_file", path)
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise table.error("env_file", f"file {path} does not exist")
         try:
             env.update(_read_dotenv(path, environ))

@@ -4,159 +4,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import config
-from config.model import Plan
 
-from .client import Client
 from .errors import ControlError, SupervisorError
-from .output import LogPrinter, ps_table
-
-log = logging.getLogger("corral")
+from .launch import cmd_daemon, cmd_up, setup_logging
+from .locate import client_for, load_plan
+from .output import LogPrinter, print_json, ps_table
 
 Command = Callable[[argparse.Namespace], int]
 
 
-# --- finding the config and the daemon ------------------------------------------------------------
-
-
-def _config_path(args: argparse.Namespace) -> Path:
-    if args.file:
-        return Path(args.file).resolve()
-    return config.find_config(Path.cwd())
-
-
-def _plan(args: argparse.Namespace) -> Plan:
-    return config.load(_config_path(args))
-
-
-def _socket(args: argparse.Namespace) -> Path:
-    """--socket, then $CORRAL_SOCKET, then the socket of the corral.toml found from here."""
-    if args.socket:
-        return Path(args.socket)
-    if os.environ.get("CORRAL_SOCKET"):
-        return Path(os.environ["CORRAL_SOCKET"])
-    path = _config_path(args)
-    try:
-        return config.load(path).daemon.socket
-    except config.ConfigError:
-        # A broken config must not lock the user out of the daemon that is running the last
-        # good one: ps, logs, down and reload (which reports the error) still work.
-        return config.socket_of(path)
-
-
-def _client(args: argparse.Namespace) -> Client:
-    return Client(_socket(args))
-
-
-def _print_json(data: object) -> None:
-    print(json.dumps(data, indent=2))
-
-
-# --- commands that run a daemon -------------------------------------------------------------------
-
-
-def _setup_logging(verbose: bool, *, foreground: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="corral: %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
-    if foreground and not verbose:
-        # `up` prints instance output and Corral's own notes through the LogPrinter already;
-        # the daemon log would say everything twice. Warnings and errors still show.
-        logging.getLogger("supervisor").setLevel(logging.WARNING)
-        logging.getLogger("supervisor.child").setLevel(logging.WARNING)
-
-
-def cmd_daemon(args: argparse.Namespace) -> int:
-    """Run the daemon in the foreground, for systemd (logs go to stderr → the journal)."""
-    _setup_logging(args.verbose)
-    if not os.environ.get("JOURNAL_STREAM"):
-        # Instance output already has its own rotating files; only the journal should get a
-        # second copy (it is where `journalctl -u` users look). `up -d` writes daemon.log.
-        logging.getLogger("supervisor.child").setLevel(logging.WARNING)
-    from .foreground import serve_blocking
-
-    return serve_blocking(_plan(args), None, args.watch)
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    plan = _plan(args)
-    client = Client(plan.daemon.socket)
-    running = client.alive()
-    if args.detach:
-        if not running:
-            _spawn_daemon(plan, args)
-        return _report_when_settled(client, args.timeout)
-    if running:
-        print(
-            f"corral: a daemon is already running for {plan.path}; "
-            "see `corral ps`, `corral logs -f`, or stop it with `corral down`",
-            file=sys.stderr,
-        )
-        return 1
-    from .foreground import serve_blocking
-
-    _setup_logging(args.verbose, foreground=True)
-    return serve_blocking(plan, LogPrinter(), args.watch)
-
-
-def _spawn_daemon(plan: Plan, args: argparse.Namespace) -> None:
-    """Start `corral daemon` detached; return once its socket answers."""
-    plan.daemon.state_dir.mkdir(parents=True, exist_ok=True)
-    log_path = plan.daemon.state_dir / "daemon.log"
-    argv = [sys.executable, "-m", "supervisor", "daemon", "-f", str(plan.path)]
-    if args.watch:
-        argv.append("--watch")
-    with open(log_path, "ab") as out:
-        offset = out.tell()  # show only this start's output if it fails
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            cwd=plan.path.parent,
-        )
-    client = Client(plan.daemon.socket)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            with open(log_path, "rb") as f:
-                f.seek(offset)
-                tail = f.read().decode(errors="replace").strip().splitlines()[-15:]
-            raise SupervisorError(
-                f"the daemon exited at start-up ({log_path}):\n" + "\n".join(tail)
-            )
-        if client.alive():
-            return
-        time.sleep(0.05)
-    raise SupervisorError(f"the daemon did not open {plan.daemon.socket} within 30s")
-
-
-def _report_when_settled(client: Client, timeout: float) -> int:
-    rows = client.call("GET", "/v1/wait", params={"timeout": str(timeout)})
-    print(ps_table(rows))
-    bad = [r for r in rows if r["state"] == "failed"]
-    pending = [r for r in rows if not r["ready"] and r["state"] not in ("completed", "failed")]
-    if bad:
-        names = ", ".join(str(r["name"]) for r in bad)
-        print(f"corral: failed: {names} (see `corral logs {bad[0]['name']}`)", file=sys.stderr)
-        return 1
-    if pending:
-        names = ", ".join(str(r["name"]) for r in pending)
-        print(f"corral: not ready after {timeout:g}s: {names}", file=sys.stderr)
-        return 1
+def _rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
+    if args.json:
+        print_json(rows)
+    else:
+        print(ps_table(rows))
     return 0
 
 
@@ -164,12 +32,7 @@ def _report_when_settled(client: Client, timeout: float) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    rows = _client(args).call("GET", "/v1/ps")
-    if args.json:
-        _print_json(rows)
-    else:
-        print(ps_table(rows))
-    return 0
+    return _rows(args, client_for(args).call("GET", "/v1/ps"))
 
 
 def _operation(path: str) -> Command:
@@ -177,12 +40,7 @@ def _operation(path: str) -> Command:
         body: dict[str, Any] = {"targets": args.targets}
         if getattr(args, "all_at_once", False):
             body["all_at_once"] = True
-        rows = _client(args).call("POST", path, body)
-        if args.json:
-            _print_json(rows)
-        else:
-            print(ps_table(rows))
-        return 0
+        return _rows(args, client_for(args).call("POST", path, body))
 
     return command
 
@@ -191,20 +49,15 @@ def _parse_counts(pairs: Sequence[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or not name or not value.isdigit():
+        if not sep or not name or not (value.isascii() and value.isdigit()):
             raise SupervisorError(f"bad scale argument {pair!r}: expected SERVICE=N, e.g. api=5")
         counts[name] = int(value)
     return counts
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    counts = _parse_counts(args.pairs)
-    rows = _client(args).call("POST", "/v1/scale", {"counts": counts, "save": args.save})
-    if args.json:
-        _print_json(rows)
-    else:
-        print(ps_table(rows))
-    return 0
+    body = {"counts": _parse_counts(args.pairs), "save": args.save}
+    return _rows(args, client_for(args).call("POST", "/v1/scale", body))
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -215,7 +68,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     params += [("target", t) for t in args.targets]
     printer = LogPrinter()
 
-    for record in _client(args).stream("/v1/logs", params=params):
+    for record in client_for(args).stream("/v1/logs", params=params):
         if args.json:
             print(json.dumps(record), flush=True)
         else:
@@ -225,7 +78,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     params = {"follow": "1" if args.follow else "0", "n": str(args.lines)}
-    for event in _client(args).stream("/v1/events", params=params):
+    for event in client_for(args).stream("/v1/events", params=params):
         if args.json:
             print(json.dumps(event), flush=True)
         else:
@@ -241,9 +94,9 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    result = _client(args).call("POST", "/v1/reload")
+    result = client_for(args).call("POST", "/v1/reload")
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         for line in result.get("changes", []) or ["no changes"]:
             print(line)
@@ -251,17 +104,18 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    client = _client(args)
-    reply = client.call("POST", "/v1/shutdown")
+    reply = client_for(args).call("POST", "/v1/shutdown")
     pid = int(reply["pid"])
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if not _pid_alive(pid):
-            print(f"corral: daemon {pid} stopped")
+            if args.json:
+                print_json({"stopped": True, "pid": pid})
+            else:
+                print(f"corral: daemon {pid} stopped")
             return 0
         time.sleep(0.05)
-    print(f"corral: daemon {pid} still running after {args.timeout:g}s", file=sys.stderr)
-    return 1
+    raise SupervisorError(f"daemon {pid} still running after {args.timeout:g}s")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -274,9 +128,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    plan = _plan(args)
+    plan = load_plan(args)
     if args.json:
-        _print_json(config.plan_to_json(plan))
+        print_json(config.plan_to_json(plan))
     else:
         print(config.render(plan))
     return 0
@@ -289,8 +143,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
 
     listen = [_address(a) for a in args.listen]
     backends = [_address(a) for a in args.backend]
-    _setup_logging(args.verbose)
-
+    setup_logging(args.verbose)
     return proxy_blocking(listen, backends, Balance(args.balance))
 
 
@@ -306,22 +159,32 @@ def _address(text: str) -> tuple[str, int]:
 # --- argument parsing ------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    def options(short_file: bool) -> argparse.ArgumentParser:
-        common = argparse.ArgumentParser(add_help=False)
-        flags = ["-f", "--file"] if short_file else ["--file"]
-        common.add_argument(*flags, help="config file (default: corral.toml here or above)")
-        common.add_argument("--socket", help="control socket (default: from the config)")
-        common.add_argument("--json", action="store_true", help="machine-readable output")
-        common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-        return common
+def _options(*, short_file: bool) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    flags = ["-f", "--file"] if short_file else ["--file"]
+    common.add_argument(*flags, help="config file (default: corral.toml here or above)")
+    common.add_argument("--socket", help="control socket (default: from the config)")
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable output",
+    )
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging",
+    )
+    return common
 
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="corral", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
         # `logs -f` / `events -f` mean follow (as in tail/docker); there the file is --file.
-        parent = options(short_file=name not in ("logs", "events"))
+        parent = _options(short_file=name not in ("logs", "events"))
         sp = sub.add_parser(name, parents=[parent], help=help, description=help)
         sp.set_defaults(func=func)
         return sp
@@ -329,7 +192,7 @@ def parser() -> argparse.ArgumentParser:
     up = add("up", cmd_up, "run the stack (foreground, with logs; -d to detach)")
     up.add_argument("-d", "--detach", action="store_true", help="run in the background")
     up.add_argument("--watch", action="store_true", help="restart services when files change")
-    up.add_argument("--timeout", type=float, default=120.0, help="-d: wait this long for ready")
+    up.add_argument("--timeout", type=_seconds, default=120.0, help="-d: wait this long for ready")
     daemon = add("daemon", cmd_daemon, "run the daemon in the foreground (for systemd)")
     daemon.add_argument("--watch", action="store_true", help="restart services when files change")
     add("ps", cmd_ps, "list instances")
@@ -348,19 +211,35 @@ def parser() -> argparse.ArgumentParser:
     logs = add("logs", cmd_logs, "show logs")
     logs.add_argument("targets", nargs="*", metavar="TARGET")
     logs.add_argument("-f", "--follow", action="store_true", help="keep streaming")
-    logs.add_argument("-n", "--lines", type=int, default=100, help="lines of history")
+    logs.add_argument("-n", "--lines", type=_count, default=100, help="lines of history")
     events = add("events", cmd_events, "show state changes")
     events.add_argument("-f", "--follow", action="store_true", help="keep streaming")
-    events.add_argument("-n", "--lines", type=int, default=50, help="events of history")
+    events.add_argument("-n", "--lines", type=_count, default=50, help="events of history")
     add("reload", cmd_reload, "re-read the config and apply the difference")
     down = add("down", cmd_down, "stop everything and the daemon")
-    down.add_argument("--timeout", type=float, default=120.0)
+    down.add_argument("--timeout", type=_seconds, default=120.0)
     add("check", cmd_check, "validate the config and print the resolved plan")
     proxy = add("proxy", cmd_proxy, "run only the load balancer, with static backends")
     proxy.add_argument("--listen", action="append", required=True, metavar="HOST:PORT")
     proxy.add_argument("--backend", action="append", required=True, metavar="HOST:PORT")
     proxy.add_argument("--balance", default="round_robin")
     return p
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 86400:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 86400, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,10 +13,15 @@ import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 from aiohttp import web
 
+from config.daemon import tmp_socket_dir
+
+from .client import CONFIG_HEADER
 from .errors import SupervisorError, TargetError
+from .privatedir import make_private_dir, make_shared_tmp_dir
 from .service import RollFailed
 
 if TYPE_CHECKING:
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 
 API = "/v1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_SERVER: web.AppKey[ControlServer] = web.AppKey("server")
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -45,6 +51,14 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     uid = peer_uid(request)
     if uid is None or (uid != os.getuid() and uid != 0):
         return _error(403, f"uid {uid} may not control this daemon")
+    server: ControlServer = request.app[_SERVER]
+    asked = request.headers.get(CONFIG_HEADER)
+    if asked is not None:
+        wanted = os.fsdecode(unquote_to_bytes(asked))
+        serving = str(server.daemon.plan.path)
+        if wanted != serving:
+            # 421 Misdirected Request: right socket, wrong daemon for this config.
+            return _error(421, f"the daemon on {server.path} serves {serving}, not {wanted}")
     try:
         return await handler(request)
     except TargetError as exc:
@@ -104,6 +118,7 @@ class ControlServer:
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_guard])
+        app[_SERVER] = self
         r = app.router
         r.add_get(f"{API}/status", self.status)
         r.add_get(f"{API}/ps", self.ps)
@@ -122,27 +137,42 @@ class ControlServer:
 
     async def open(self) -> None:
         parent = self.path.parent
-        if not parent.exists():
-            parent.mkdir(parents=True, mode=0o700)
-        elif parent == self.daemon.plan.daemon.state_dir or parent.name.startswith("corral-"):
-            os.chmod(parent, 0o700)  # our own directory; a shared one (/tmp) is left alone
+        if parent == tmp_socket_dir():
+            make_shared_tmp_dir(parent)  # /tmp/corral-<uid>: refused unless really ours
+        elif parent == self.daemon.plan.daemon.state_dir:
+            make_private_dir(parent)  # already done by the state file's lock; cheap
+        elif not parent.exists():
+            make_private_dir(parent)
+        # A directory the user chose that exists (/run/x, /tmp) is left as it is.
         with contextlib.suppress(FileNotFoundError):
             if not stat.S_ISSOCK(self.path.lstat().st_mode):
                 raise SupervisorError(f"{self.path} exists and is not a socket; not replacing it")
-            self.path.unlink()  # we hold the project lock: a socket here is a dead daemon's
-        self._runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
-        await self._runner.setup()
+            if await _answers(self.path):
+                # Our lock is per state dir: a live socket here is another config's daemon
+                # (two projects with one `socket` setting). Never take it over.
+                raise SupervisorError(
+                    f"{self.path} is in use by another running corral daemon; "
+                    "give this config its own [daemon] socket"
+                )
+            self.path.unlink()  # nobody listens: a dead daemon's
+        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        await runner.setup()
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
         try:
-            await web.UnixSite(self._runner, str(self.path)).start()
+            await web.UnixSite(runner, str(self.path)).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
         finally:
             os.umask(old_umask)
+        self._runner = runner  # from here on the socket file is ours (close removes it)
         log.info("control socket %s", self.path)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._runner is None:
+            return  # never opened: whatever is at the path is not ours to remove
+        await self._runner.cleanup()
+        self._runner = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
@@ -250,6 +280,21 @@ class ControlServer:
 
         text = render(self.daemon) + self.daemon.traffic.metrics()
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def _answers(path: Path) -> bool:
+    """Is something listening on the Unix socket at `path`?"""
+    try:
+        async with asyncio.timeout(2):
+            _reader, writer = await asyncio.open_unix_connection(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except (OSError, TimeoutError):
+        return True  # a listener too busy to accept is still a listener
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
 
 
 def _line(obj: dict[str, Any]) -> bytes:

@@ -19,6 +19,17 @@ from aiohttp import web
 
 from config.daemon import tmp_socket_dir
 
+from .apibody import (
+    check_query,
+    count,
+    counts,
+    flag,
+    query_flag,
+    query_int,
+    query_seconds,
+    read_body,
+    targets,
+)
 from .client import CONFIG_HEADER
 from .errors import SupervisorError, TargetError
 from .privatedir import make_private_dir, make_shared_tmp_dir
@@ -71,40 +82,6 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        data = await request.json()
-    except ValueError as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": f"invalid JSON: {exc}"})) from exc
-    if not isinstance(data, dict):
-        raise web.HTTPBadRequest(text=json.dumps({"error": "expected a JSON object"}))
-    return data
-
-
-def _int_param(request: web.Request, name: str, default: int) -> int:
-    return int(_number_param(request, name, default, int))
-
-
-def _number_param(
-    request: web.Request, name: str, default: float, kind: type[int] | type[float] = float
-) -> float:
-    raw = request.query.get(name, str(default))
-    try:
-        return kind(raw)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise SupervisorError(f"query parameter {name!r} must be {what}, got {raw!r}") from None
-
-
-def _targets(data: dict[str, Any]) -> list[str]:
-    targets = data.get("targets", [])
-    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
-        raise SupervisorError("'targets' must be a list of strings")
-    return targets
 
 
 class ControlServer:
@@ -185,49 +162,47 @@ class ControlServer:
         return web.json_response(self.daemon.ps())
 
     async def start_targets(self, request: web.Request) -> web.Response:
-        await self.daemon.start(_targets(await _body(request)))
+        data = await read_body(request, ("targets",))
+        await self.daemon.start(targets(data))
         return web.json_response(self.daemon.ps())
 
     async def stop_targets(self, request: web.Request) -> web.Response:
-        await self.daemon.stop(_targets(await _body(request)))
+        data = await read_body(request, ("targets",))
+        await self.daemon.stop(targets(data))
         return web.json_response(self.daemon.ps())
 
     async def restart(self, request: web.Request) -> web.Response:
-        data = await _body(request)
-        await self.daemon.restart(_targets(data), rolling=not data.get("all_at_once", False))
+        data = await read_body(request, ("targets", "all_at_once"))
+        rolling = not flag(data, "all_at_once")
+        await self.daemon.restart(targets(data), rolling=rolling)
         return web.json_response(self.daemon.ps())
 
     async def scale(self, request: web.Request) -> web.Response:
-        data = await _body(request)
-        counts = data.get("counts")
-        if not isinstance(counts, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in counts.values()
-        ):
-            raise SupervisorError("'counts' must map service names to integers >= 0")
-        await self.daemon.scale({str(k): int(v) for k, v in counts.items()})
-        if data.get("save"):
-            await self.daemon.save_counts({str(k): int(v) for k, v in counts.items()})
+        data = await read_body(request, ("counts", "save"))
+        wanted, save = counts(data), flag(data, "save")
+        await self.daemon.scale(wanted)
+        if save:
+            await self.daemon.save_counts(wanted)
         return web.json_response(self.daemon.ps())
 
     async def scale_one(self, request: web.Request) -> web.Response:
-        data = await _body(request)
-        count = data.get("count")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-            raise SupervisorError("'count' must be an integer >= 0")
-        await self.daemon.scale({request.match_info["name"]: count})
+        data = await read_body(request, ("count",))
+        if "count" not in data:
+            raise SupervisorError("'count' is required")
+        await self.daemon.scale({request.match_info["name"]: count(data["count"], "'count'")})
         return web.json_response(self.daemon.ps())
 
     async def logs(self, request: web.Request) -> web.StreamResponse:
-        q = request.query
-        targets = self._log_targets(q.getall("target", []))
-        n = _int_param(request, "n", 100)
-        follow = q.get("follow", "0") in ("1", "true", "yes")
+        check_query(request, ("target", "n", "follow"))
+        wanted = self._log_targets(request.query.getall("target", []))
+        n = query_int(request, "n", 100)
+        follow = query_flag(request, "follow")
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
-        for record in self.daemon.logs.tail(targets, n):
+        for record in self.daemon.logs.tail(wanted, n):
             await response.write(_line(record.to_json()))
         if follow:
-            follower = self.daemon.logs.follow(targets)
+            follower = self.daemon.logs.follow(wanted)
             try:
                 async for record in follower:
                     await response.write(_line(record.to_json()))
@@ -244,14 +219,15 @@ class ControlServer:
             name, _, index = target.partition(".")
             if name not in self.daemon.services:
                 raise TargetError(f"no service {name!r}")
-            if index and not index.isdigit():
+            if index and not (index.isascii() and index.isdigit()):
                 raise SupervisorError(f"bad instance {target!r}: expected service or service.N")
             out.append((name, int(index) if index else None))
         return out
 
     async def events(self, request: web.Request) -> web.StreamResponse:
-        follow = request.query.get("follow", "0") in ("1", "true", "yes")
-        n = _int_param(request, "n", 50)
+        check_query(request, ("n", "follow"))
+        follow = query_flag(request, "follow")
+        n = query_int(request, "n", 50)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         for event in self.daemon.events.recent(n):
@@ -263,16 +239,19 @@ class ControlServer:
         return response
 
     async def reload(self, request: web.Request) -> web.Response:
+        await read_body(request, ())
         if self.daemon.reload_hook is None:
             raise SupervisorError("this daemon was started without a config file to reload")
         return web.json_response(await self.daemon.reload_hook())
 
     async def shutdown(self, request: web.Request) -> web.Response:
+        await read_body(request, ())
         self.daemon.shutdown_requested.set()
         return web.json_response({"stopping": True, "pid": os.getpid()})
 
     async def wait(self, request: web.Request) -> web.Response:
-        timeout = _number_param(request, "timeout", 120.0)
+        check_query(request, ("timeout",))
+        timeout = query_seconds(request, "timeout", 120.0)
         return web.json_response(await self.daemon.wait_settled(timeout))
 
     async def metrics(self, request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ import os
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 API = "/v1"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SERVER: web.AppKey[ControlServer] = web.AppKey("server")
+_LIVENESS_CHECK = 1.0  # seconds between looks at a quiet follower's connection
 
 
 def peer_uid(request: web.Request) -> int | None:
@@ -91,7 +92,7 @@ class ControlServer:
         self.daemon = daemon
         self.path = path
         self._runner: web.AppRunner | None = None
-        self._streams: set[asyncio.Task[Any]] = set()
+        self.followers = 0  # `logs -f` / `events -f` streams open right now
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_guard])
@@ -156,7 +157,7 @@ class ControlServer:
     # --- handlers --------------------------------------------------------------------------------
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.daemon.status())
+        return web.json_response({**self.daemon.status(), "followers": self.followers})
 
     async def ps(self, request: web.Request) -> web.Response:
         return web.json_response(self.daemon.ps())
@@ -196,20 +197,17 @@ class ControlServer:
         check_query(request, ("target", "n", "follow"))
         wanted = self._log_targets(request.query.getall("target", []))
         n = query_int(request, "n", 100)
-        follow = query_flag(request, "follow")
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        for record in self.daemon.logs.tail(wanted, n):
-            await response.write(_line(record.to_json()))
-        if follow:
-            follower = self.daemon.logs.follow(wanted)
-            try:
-                async for record in follower:
-                    await response.write(_line(record.to_json()))
-            finally:
-                follower.close()
-        await response.write_eof()
-        return response
+        follower = self.daemon.logs.follow(wanted) if query_flag(request, "follow") else None
+        # tail() and follow() without an await between: no line is lost or shown twice.
+        history = [record.to_json() for record in self.daemon.logs.tail(wanted, n)]
+        if follower is None:
+            return await _stream(request, history, None)
+        self.followers += 1
+        try:
+            return await _stream(request, history, (r.to_json() async for r in follower))
+        finally:
+            follower.close()
+            self.followers -= 1
 
     def _log_targets(self, raw: list[str]) -> list[tuple[str, int | None]] | None:
         if not raw:
@@ -228,15 +226,15 @@ class ControlServer:
         check_query(request, ("n", "follow"))
         follow = query_flag(request, "follow")
         n = query_int(request, "n", 50)
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
-        for event in self.daemon.events.recent(n):
-            await response.write(_line(event.to_json()))
-        if follow:
-            async for event in self.daemon.events.follow():
-                await response.write(_line(event.to_json()))
-        await response.write_eof()
-        return response
+        history = [event.to_json() for event in self.daemon.events.recent(n)]
+        if not follow:
+            return await _stream(request, history, None)
+        self.followers += 1
+        try:
+            async with contextlib.aclosing(self.daemon.events.follow()) as events:
+                return await _stream(request, history, (e.to_json() async for e in events))
+        finally:
+            self.followers -= 1
 
     async def reload(self, request: web.Request) -> web.Response:
         await read_body(request, ())
@@ -259,6 +257,49 @@ class ControlServer:
 
         text = render(self.daemon) + self.daemon.traffic.metrics()
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def _stream(
+    request: web.Request,
+    history: list[dict[str, Any]],
+    live: AsyncIterator[dict[str, Any]] | None,
+) -> web.StreamResponse:
+    """NDJSON: `history`, then `live` until it ends or the reader goes away."""
+    response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+    await response.prepare(request)
+    try:
+        for obj in history:
+            await response.write(_line(obj))
+        if live is not None:
+            await _follow(request, response, live)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # the reader left (Ctrl-C on `corral logs -f`): normal, nothing to report
+    return response
+
+
+async def _follow(
+    request: web.Request, response: web.StreamResponse, live: AsyncIterator[dict[str, Any]]
+) -> None:
+    async def pump() -> None:
+        async for obj in live:
+            await response.write(_line(obj))
+
+    task = asyncio.create_task(pump())
+    try:
+        # A write notices a reader that left; on a quiet stream nothing is written, so look at
+        # the connection now and then, or every Ctrl-C would leave a follower behind.
+        while not task.done():
+            await asyncio.wait({task}, timeout=_LIVENESS_CHECK)
+            transport = request.transport
+            if not task.done() and (transport is None or transport.is_closing()):
+                task.cancel()
+                break
+    finally:
+        if not task.done():
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _answers(path: Path) -> bool:

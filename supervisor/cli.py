@@ -8,14 +8,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import config
 
 from .errors import ControlError, SupervisorError
 from .launch import cmd_daemon, cmd_up, setup_logging
 from .locate import client_for, load_plan
-from .output import LogPrinter, print_json, ps_table
+from .output import LogPrinter, print_json, ps_table, status_text
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -33,6 +33,16 @@ def _rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
 
 def cmd_ps(args: argparse.Namespace) -> int:
     return _rows(args, client_for(args).call("GET", "/v1/ps"))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    client = client_for(args)
+    status = client.call("GET", "/v1/status")
+    if args.json:
+        print_json(status)
+    else:
+        print(status_text(status, client.call("GET", "/v1/ps")))
+    return 0
 
 
 def _operation(path: str) -> Command:
@@ -138,13 +148,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     from config.model import Balance
+    from config.render import format_address
 
     from .foreground import proxy_blocking
 
     listen = [_address(a) for a in args.listen]
     backends = [_address(a) for a in args.backend]
     setup_logging(args.verbose)
-    return proxy_blocking(listen, backends, Balance(args.balance))
+    try:
+        return proxy_blocking(listen, backends, Balance(args.balance))
+    except OSError as exc:  # the listen port is taken, or the address is not ours
+        where = ", ".join(format_address(a) for a in listen)
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise SupervisorError(f"cannot listen on {where}: {reason}") from None
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -159,32 +175,69 @@ def _address(text: str) -> tuple[str, int]:
 # --- argument parsing ------------------------------------------------------------------------------
 
 
-def _options(*, short_file: bool) -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+class _Version(argparse.Action):
+    """--version, read from the installed package only when asked (it costs an import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print Corral's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> NoReturn:
+        from importlib.metadata import version
+
+        print(f"corral {version('corral')}")
+        parser.exit()
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one JSON object on stderr when --json is on the command line."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if _Parser.json_errors:
+            _report_error(f"{self.prog}: {message}", as_json=True)
+            self.exit(2)
+        super().error(message)
+
+
+def _options(*, short_file: bool, nested: bool) -> _Parser:
+    """The global options; accepted before the verb and after it (`corral -f x.toml ps`)."""
+    common = _Parser(add_help=False)
+    # After the verb, an option left out must not reset what was given before it.
+    default: Any = argparse.SUPPRESS if nested else None
     flags = ["-f", "--file"] if short_file else ["--file"]
-    common.add_argument(*flags, help="config file (default: corral.toml here or above)")
-    common.add_argument("--socket", help="control socket (default: from the config)")
+    common.add_argument(
+        *flags, default=default, help="config file (default: corral.toml here or above)"
+    )
+    common.add_argument("--socket", default=default, help="control socket (default: the config's)")
     common.add_argument(
         "--json",
         action="store_true",
-        help="machine-readable output",
+        default=argparse.SUPPRESS if nested else False,
+        help='machine-readable output; errors as {"error": ...} on stderr',
     )
     common.add_argument(
         "-v",
         "--verbose",
         action="store_true",
+        default=argparse.SUPPRESS if nested else False,
         help="debug logging",
     )
     return common
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="corral", description=__doc__)
+    p = _Parser(
+        prog="corral",
+        description=__doc__,
+        parents=[_options(short_file=True, nested=False)],
+    )
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
         # `logs -f` / `events -f` mean follow (as in tail/docker); there the file is --file.
-        parent = _options(short_file=name not in ("logs", "events"))
+        parent = _options(short_file=name not in ("logs", "events"), nested=True)
         sp = sub.add_parser(name, parents=[parent], help=help, description=help)
         sp.set_defaults(func=func)
         return sp
@@ -195,6 +248,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=_seconds, default=120.0, help="-d: wait this long for ready")
     daemon = add("daemon", cmd_daemon, "run the daemon in the foreground (for systemd)")
     daemon.add_argument("--watch", action="store_true", help="restart services when files change")
+    add("status", cmd_status, "the daemon: pid, config, uptime, proxy, services")
     add("ps", cmd_ps, "list instances")
     for name, helptext in (
         ("start", "start stopped or failed instances"),
@@ -222,8 +276,14 @@ def parser() -> argparse.ArgumentParser:
     proxy = add("proxy", cmd_proxy, "run only the load balancer, with static backends")
     proxy.add_argument("--listen", action="append", required=True, metavar="HOST:PORT")
     proxy.add_argument("--backend", action="append", required=True, metavar="HOST:PORT")
-    proxy.add_argument("--balance", default="round_robin")
+    proxy.add_argument("--balance", default="round_robin", choices=_balances())
     return p
+
+
+def _balances() -> list[str]:
+    from config.model import Balance
+
+    return [b.value for b in Balance]
 
 
 def _seconds(text: str) -> float:
@@ -242,15 +302,25 @@ def _count(text: str) -> int:
     return int(text)
 
 
+def _report_error(message: str, *, as_json: bool, **fields: object) -> None:
+    if as_json:
+        print(json.dumps({"error": message, **fields}), file=sys.stderr)
+    else:
+        print(f"corral: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _Parser.json_errors = "--json" in argv
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
     except config.ConfigError as exc:
-        print(f"corral: {exc}", file=sys.stderr)
+        file = str(exc.file) if exc.file is not None else None
+        _report_error(str(exc), as_json=args.json, file=file, key=exc.key)
         return 2
     except (SupervisorError, ControlError) as exc:
-        print(f"corral: {exc}", file=sys.stderr)
+        _report_error(str(exc), as_json=args.json)
         return 1
     except KeyboardInterrupt:
         return 130

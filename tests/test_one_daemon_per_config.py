@@ -31,8 +31,7 @@ def names(cwd: Path, *args: str) -> list[str]:
 
 
 def daemon_pid(cwd: Path, *args: str) -> int:
-    state = config.load(cwd / (args[1] if args else "corral.toml")).daemon.state_dir
-    return int((state / "daemon.lock").read_text())
+    return int(json.loads(corral(cwd, "status", "--json", *args).stdout)["pid"])
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -83,7 +82,7 @@ def test_a_missing_config_file_is_an_error_not_the_directory_daemon(tmp_path: Pa
     try:
         corral(tmp_path, "up", "-d")
         pid = daemon_pid(tmp_path)
-        for verb in ("ps", "down", "reload"):
+        for verb in ("ps", "down", "reload", "status"):
             result = corral(tmp_path, verb, "-f", "nope.toml", check=False)
             assert result.returncode == 2
             assert one_line(result).endswith("nope.toml: file not found"), verb

@@ -71,6 +71,20 @@ def test_state_dir_changes_are_ignored(tmp_path: Path) -> None:
     keep = _Filter(plan.daemon.state_dir)
     assert not keep(Change.modified, str(plan.daemon.state_dir / "logs" / "api.1.log"))
     assert keep(Change.modified, str(tmp_path / "api" / "app.py"))
+    assert keep(Change.modified, str(tmp_path / ".corral-notes" / "app.py"))  # only the dir
+
+
+def test_other_configs_state_is_ignored_too(tmp_path: Path) -> None:
+    _plan(tmp_path)
+    other = tmp_path / "other.toml"
+    other.write_text((tmp_path / "corral.toml").read_text())
+    plan = config.load(other)
+    keep = _Filter(plan.daemon.state_dir, plan.path.parent)
+    assert not keep(Change.modified, str(plan.daemon.state_dir / "logs" / "api.1.log"))
+    # corral.toml's daemon, in the same directory, writes here all the time:
+    root = plan.path.parent
+    assert not keep(Change.added, str(root / ".corral" / "venvs" / "api-1" / "x.py"))
+    assert keep(Change.modified, str(root / "api" / "app.py"))
 
 
 async def test_requirements_change_rebuilds_then_rolls_onto_the_new_venv(tmp_path: Path) -> None:

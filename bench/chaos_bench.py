@@ -55,7 +55,7 @@ class Phase:
     note: str = ""
 
 
-def config(port: int, instances: int, python: str) -> str:
+def config(port: int, instances: int, python: str, stop: str, drain: str) -> str:
     return f"""
 [proxy]
 listen = "127.0.0.1:{port}"
@@ -65,8 +65,8 @@ command = ["{python}", "{BACKEND}"]
 instances = {instances}
 port = "auto"
 venv = false
-stop_timeout = "2s"
-drain_timeout = "2s"
+stop_timeout = "{stop}"
+drain_timeout = "{drain}"
 health = {{ http = "/healthz", interval = "500ms", timeout = "300ms", retries = 2 }}
 """
 
@@ -277,14 +277,19 @@ def main(argv: list[str]) -> int:
     p.add_argument("--connections", type=int, default=32)
     p.add_argument("--kill-rounds", type=int, default=2)
     p.add_argument("--baseline", type=float, default=3.0, help="seconds")
+    # Short by default so a frozen instance is ended quickly; Corral's defaults are 10s / 30s.
+    p.add_argument("--stop-timeout", default="2s")
+    p.add_argument("--drain-timeout", default="2s")
     p.add_argument("--json", type=Path, help="also write the summary here")
     args = p.parse_args(argv)
 
     port = free_port()
-    stack = Stack(args.work, args.corral, config(port, args.instances, sys.executable))
+    text = config(port, args.instances, sys.executable, args.stop_timeout, args.drain_timeout)
+    stack = Stack(args.work, args.corral, text)
     print(
         f"chaos: {machine()}; {args.instances} instances, {args.connections} keep-alive "
-        f"clients, proxy 127.0.0.1:{port}",
+        f"clients, proxy 127.0.0.1:{port}; stop_timeout {args.stop_timeout}, "
+        f"drain_timeout {args.drain_timeout}",
         flush=True,
     )
     try:

@@ -36,6 +36,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def stack_config(port: int, instances: int, service: str) -> str:
+    """corral.toml: the proxy on `port`, `instances` of chaos_backend.py; `service` adds keys."""
+    return f"""
+[proxy]
+listen = "127.0.0.1:{port}"
+
+[services.web]
+command = ["{sys.executable}", "{BACKEND}"]
+instances = {instances}
+port = "auto"
+venv = false
+{service}
+"""
+
+
 class Stack:
     """`corral up -d` on a generated corral.toml; ps/status through the CLI's own client."""
 

@@ -32,13 +32,13 @@ from pathlib import Path
 
 import psutil
 from benchstack import (
-    BACKEND,
     Record,
     Stack,
     free_port,
     machine,
     median,
     percentile,
+    stack_config,
     start_load,
     stop_load,
     wait_for,
@@ -55,20 +55,10 @@ class Phase:
     note: str = ""
 
 
-def config(port: int, instances: int, python: str, stop: str, drain: str) -> str:
-    return f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-
-[services.web]
-command = ["{python}", "{BACKEND}"]
-instances = {instances}
-port = "auto"
-venv = false
-stop_timeout = "{stop}"
-drain_timeout = "{drain}"
-health = {{ http = "/healthz", interval = "500ms", timeout = "300ms", retries = 2 }}
-"""
+def config(port: int, instances: int, stop: str, drain: str) -> str:
+    health = '{ http = "/healthz", interval = "500ms", timeout = "300ms", retries = 2 }'
+    keys = f'stop_timeout = "{stop}"\ndrain_timeout = "{drain}"\nhealth = {health}'
+    return stack_config(port, instances, keys)
 
 
 def ready_rows(stack: Stack) -> list[dict[str, object]]:
@@ -284,7 +274,7 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     port = free_port()
-    text = config(port, args.instances, sys.executable, args.stop_timeout, args.drain_timeout)
+    text = config(port, args.instances, args.stop_timeout, args.drain_timeout)
     stack = Stack(args.work, args.corral, text)
     print(
         f"chaos: {machine()}; {args.instances} instances, {args.connections} keep-alive "

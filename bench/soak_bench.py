@@ -16,30 +16,17 @@ from pathlib import Path
 
 import psutil
 from benchstack import (
-    BACKEND,
     Stack,
     free_port,
     machine,
     percentile,
+    stack_config,
     start_load,
     stop_load,
     wait_for,
 )
 
-
-def config(port: int, instances: int, python: str) -> str:
-    return f"""
-[proxy]
-listen = "127.0.0.1:{port}"
-
-[services.web]
-command = ["{python}", "{BACKEND}"]
-instances = {instances}
-port = "auto"
-venv = false
-stop_timeout = "2s"
-health = {{ http = "/healthz", interval = "1s", timeout = "500ms", retries = 3 }}
-"""
+HEALTH = 'health = { http = "/healthz", interval = "1s", timeout = "500ms", retries = 3 }'
 
 
 def parse_duration(text: str) -> float:
@@ -61,7 +48,8 @@ def main(argv: list[str]) -> int:
     duration = parse_duration(args.duration)
 
     port = free_port()
-    stack = Stack(args.work, args.corral, config(port, args.instances, sys.executable))
+    text = stack_config(port, args.instances, f'stop_timeout = "2s"\n{HEALTH}')
+    stack = Stack(args.work, args.corral, text)
     print(
         f"soak: {machine()}; {args.instances} instances, health every 1 s, "
         f"{args.rate:g} req/s over {args.connections} keep-alive connections, "

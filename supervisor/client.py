@@ -128,6 +128,13 @@ class Client:
             for raw in resp:
                 if raw.strip():
                     yield json.loads(raw)
+            # The daemon ends a stream with the last chunk (chunk_left becomes None); a daemon
+            # killed mid-stream just closes, which http.client reads as a quiet end.
+            if resp.chunked and resp.chunk_left is not None:
+                raise ControlError(f"the daemon at {self.socket_path} went away mid-stream")
+        except (OSError, http.client.HTTPException) as exc:
+            # The daemon died mid-stream (kill -9, OOM): one line, not a traceback.
+            raise ControlError(f"the daemon at {self.socket_path} went away: {exc!r}") from None
         finally:
             conn.close()
 

@@ -68,3 +68,30 @@ def test_followers_leaving_are_not_an_error(tmp_path: Path) -> None:
     assert "control socket" in log  # the daemon did log to this file
     for sign in ("Traceback", "Error handling request", "ConnectionResetError", "ERROR"):
         assert sign not in log, log
+
+
+def test_a_follower_of_a_daemon_killed_hard_says_one_line(tmp_path: Path) -> None:
+    (tmp_path / "corral.toml").write_text(STACK)
+    env = {**os.environ, "NO_COLOR": "1"}
+    follower = None
+    try:
+        corral(tmp_path, "up", "-d")
+        pid = int((tmp_path / ".corral" / "daemon.lock").read_text())
+        follower = subprocess.Popen(
+            [*CORRAL, "logs", "-f", "talker"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert follower.stdout is not None and follower.stdout.readline()
+        os.kill(pid, signal.SIGKILL)
+        _, err = follower.communicate(timeout=20)
+        assert follower.returncode == 1
+        assert "Traceback" not in err and err.count("\n") == 1, err
+        assert err.startswith("corral: the daemon at ") and "went away" in err
+    finally:
+        if follower is not None and follower.poll() is None:
+            follower.kill()
+            follower.communicate()

@@ -114,13 +114,17 @@ health = {{ http = "/healthz", interval = "200ms", timeout = "150ms", retries = 
         watcher = asyncio.create_task(watch_project(daemon, Reloader(daemon), everything=False))
         try:
             deadline = time.monotonic() + 30
-            edits = 0
+            edits, last_edit, building = 0, 0.0, False
             while rows_of(daemon, "web")[0]["pid"] == old_pid:
                 assert time.monotonic() < deadline, "the requirements change never rolled"
-                if edits < 3:  # watchfiles may still be setting up its watches
+                building = building or daemon.services["web"].phase == "building"
+                # watchfiles may still be setting up its watches: edit again only if nothing
+                # started. A second rebuild would rightly prune the first venv (two are kept).
+                if not building and edits < 3 and time.monotonic() - last_edit > 2:
                     edits += 1
+                    last_edit = time.monotonic()
                     (app / "requirements.txt").write_text(f"six\n# edit {edits}\n")
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.02)
             await wait_until(lambda: all_ready(daemon, "web", 1), timeout=60)
         finally:
             watcher.cancel()

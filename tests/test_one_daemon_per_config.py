@@ -34,6 +34,18 @@ def daemon_pid(cwd: Path, *args: str) -> int:
     return int(json.loads(corral(cwd, "status", "--json", *args).stdout)["pid"])
 
 
+def stop_by_pid(*state_dirs: Path) -> None:
+    """Last resort for a finally: a daemon `down` could not reach still gets SIGTERM, by pid."""
+    for state in state_dirs:
+        try:
+            pid = int((state / "daemon.lock").read_text())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda p=pid: not pid_alive(p), what=f"daemon {pid} to stop")
+
+
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode != 0, result
     assert "Traceback" not in result.stderr
@@ -75,6 +87,7 @@ def test_two_configs_in_one_directory_run_two_daemons(tmp_path: Path) -> None:
     finally:
         corral(tmp_path, "down", "-f", "b.toml", check=False)
         corral(tmp_path, "down", check=False)
+        stop_by_pid(tmp_path / ".corral", tmp_path / ".corral" / "configs" / "b.toml")
 
 
 def test_a_missing_config_file_is_an_error_not_the_directory_daemon(tmp_path: Path) -> None:
@@ -121,6 +134,7 @@ def test_two_projects_sharing_a_socket_never_touch_each_other(tmp_path: Path) ->
     finally:
         corral(b, "down", check=False)
         corral(a, "down", check=False)
+        stop_by_pid(a / ".corral", b / ".corral")
 
 
 def test_a_stale_socket_of_a_killed_daemon_is_replaced(tmp_path: Path) -> None:

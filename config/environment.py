@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -12,7 +13,8 @@ def read_environment(table: Table, cwd: Path, environ: Mapping[str, str]) -> dic
     """`env_file` files in order, then the `env` table, which wins."""
     env: dict[str, str] = {}
     for path in env_file_paths(table, cwd):
-        if not path.is_file():
+        st = table.stat("env_file", path)
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise table.error("env_file", f"file {path} does not exist")
         try:
             env.update(read_env_file(path, environ))
@@ -35,7 +37,9 @@ def read_environment(table: Table, cwd: Path, environ: Mapping[str, str]) -> dic
 
 def env_file_paths(table: Table, cwd: Path) -> tuple[Path, ...]:
     """The service's `env_file` entries as absolute paths, in order."""
-    return tuple((cwd / Path(name).expanduser()).resolve() for name in table.strings("env_file"))
+    return tuple(
+        table.join("env_file", name, cwd, resolve=True) for name in table.strings("env_file")
+    )
 
 
 def read_env_file(path: Path, environ: Mapping[str, str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,7 +16,9 @@ from config.routing import read_hash_key, read_route, read_weights
 from config.table import Table
 from config.units import format_duration
 
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # a DNS label: file names, promote targets
+# One machine, one daemon: past this it is a typo (and `scale` is bounded the same way).
+MAX_INSTANCES = 1000
 
 _ALLOWED = (
     *("command", "instances", "port", "cwd", "requirements", "venv", "python", "env", "env_file"),
@@ -35,7 +38,7 @@ def read_service(
     if not table.has("command"):
         raise table.error("command", "missing (expected a command string or an array of strings)")
     command = table.argv("command")
-    instances = table.integer("instances", 1)
+    instances = table.integer("instances", 1, maximum=MAX_INSTANCES)
     port, auto_port = _read_port(table, instances)
     has_port = port is not None or auto_port
     if not has_port and any("{port}" in arg for arg in command):
@@ -103,10 +106,11 @@ def _read_app(table: Table) -> str | None:
 
 
 def _read_cwd(table: Table, root: Path) -> Path:
-    cwd = (root / Path(table.text("cwd", ".")).expanduser()).resolve()
-    if not cwd.exists():
+    cwd = table.filepath("cwd", ".", root, resolve=True)
+    st = table.stat("cwd", cwd)
+    if st is None:
         raise table.error("cwd", f"directory {cwd} does not exist")
-    if not cwd.is_dir():
+    if not stat.S_ISDIR(st.st_mode):
         raise table.error("cwd", f"{cwd} is not a directory")
     return cwd
 
@@ -117,8 +121,9 @@ def _read_requirements(table: Table, cwd: Path, venv: bool) -> Path | None:
         return default if venv and default.is_file() else None
     if not venv:
         raise table.error("requirements", "is set but venv = false (no venv to install into)")
-    path = (cwd / Path(table.text("requirements", "")).expanduser()).resolve()
-    if not path.is_file():
+    path = table.filepath("requirements", "", cwd, resolve=True)
+    st = table.stat("requirements", path)
+    if st is None or not stat.S_ISREG(st.st_mode):
         raise table.error("requirements", f"file {path} does not exist")
     return path
 

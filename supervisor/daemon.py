@@ -41,7 +41,7 @@ class Daemon:
         self.token = secrets.token_hex(8)
         self.started = time.time()
         d = plan.daemon
-        self.state = StateDir(d.state_dir)
+        self.state = StateDir(d.state_dir, plan.path)
         self.logs = LogHub(d.state_dir / "logs", d.log_max_bytes, d.log_keep, d.log_tail_lines)
         self.events = EventBus()
         self.traffic = Traffic()

@@ -120,6 +120,8 @@ class ServiceSpec:
         "python3"  # interpreter the venv is built from (load() defaults it to Corral's own)
     )
     env: Mapping[str, str] = field(default_factory=_empty)  # env_file merged in, interpolated
+    env_files: tuple[Path, ...] = ()  # the env_file files env was read from, in order
+    app: str | None = None  # "module:attr" of the ASGI/WSGI app, for `corral promote lambda`
     restart: RestartPolicy = RestartPolicy.ALWAYS
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
@@ -194,6 +196,13 @@ class DaemonSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSpec:
+    """The web dashboard: always on the control socket, on TCP only when `listen` is set."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """A whole corral.toml, resolved."""
 
@@ -202,6 +211,7 @@ class Plan:
     services: Mapping[str, ServiceSpec]  # in start order (dependencies first)
     daemon: DaemonSpec
     proxy: ProxySpec | None = None
+    dashboard: DashboardSpec = field(default_factory=DashboardSpec)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "services", frozen_map(self.services))

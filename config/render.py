@@ -28,6 +28,8 @@ def render(plan: Plan) -> str:
         "  proxy       "
         + (", ".join(format_address(a) for a in plan.proxy.listen) if plan.proxy else "off"),
     ]
+    if plan.dashboard.listen is not None:
+        lines.append(f"  dashboard   {format_address(plan.dashboard.listen)} (and the socket)")
     for spec in plan.services.values():
         lines += ["", *_service_lines(spec, root, proxied=plan.proxy is not None)]
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 
 from config.model import Plan
@@ -48,7 +49,7 @@ class Daemon:
         self.token = secrets.token_hex(8)
         self.started = time.time()
         d = plan.daemon
-        self.state = StateDir(d.state_dir)
+        self.state = StateDir(d.state_dir, plan.path)
         self._logs = LogHub(d.state_dir / "logs", d.log_max_bytes, d.log_keep, d.log_tail_lines)
         self._events = EventBus()
         self.traffic = Traffic()
@@ -130,10 +131,12 @@ class Daemon:
                     failed = exc  # a start-up error: raised as itself, not as an ExceptionGroup
                 finally:
                     await self._stop_everything()
-                    # End `logs -f` / `events -f` streams, or the control server would wait
-                    # on them forever while closing.
+                    # End `logs -f` / `events -f` / stats streams first (their sources close,
+                    # and they get a moment to finish cleanly), or the control server would
+                    # wait on them forever while closing.
                     self._events.close()
                     self._logs.close()
+                    await self._nursery.let_attached_end(timeout=2.0)
                     self._nursery.cancel_all()
         finally:
             await control.close()
@@ -199,8 +202,8 @@ class Daemon:
         for inst in self.instances():
             inst.kill_now()
 
-    async def stream(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        await self._nursery.attach(work, name)
+    async def stream(self, work: Coroutine[Any, Any, T], name: str) -> T:
+        return await self._nursery.attach(work, name)
 
     async def order(self, work: Coroutine[Any, Any, T], name: str) -> T:
         """Run `work` as an order: owned by the daemon, cancelled first by shutdown."""
@@ -263,6 +266,9 @@ class Daemon:
 
     async def next_stats(self, seq: int) -> StatsSnapshot:
         return await self._sampler.next_after(seq)
+
+    def stats_followed(self) -> AbstractAsyncContextManager[None]:
+        return self._sampler.followed()
 
     def service_names(self) -> list[str]:
         return list(self.services)

@@ -9,7 +9,10 @@ SupervisorError
   ├ OrderInterrupted  an order (restart, scale, reload …) was cancelled by shutdown
   ├ TargetError       a CLI/API target names no service or instance
   ├ AlreadyRunning    another daemon owns this project's state directory
+  ├ UnsafeDirectory   a state or socket directory that is not (or cannot be made) private
   └ ControlError      bad request on the control socket, or no daemon to talk to
+      ├ NoDaemon      no daemon answers on the socket
+      └ WrongDaemon   the daemon on the socket serves another config file
 
 IllegalTransition is not in the tree on purpose: it is a bug in Corral (an instance state change
 the transition table does not allow), never a user error, and it derives from AssertionError.
@@ -62,6 +65,18 @@ class AlreadyRunning(SupervisorError):
 
 class ControlError(SupervisorError):
     """The control API refused a request, or no daemon answered."""
+
+
+class UnsafeDirectory(SupervisorError):
+    """A directory we would keep secrets in is a symlink, someone else's, or shared."""
+
+
+class NoDaemon(ControlError):
+    """Nothing answers on the control socket."""
+
+
+class WrongDaemon(ControlError):
+    """The daemon on the socket serves a different config file than the one asked for."""
 
 
 class IllegalTransition(AssertionError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,7 +47,7 @@ class EventBus:
             return events
         return events[-n:] if n > 0 else []
 
-    async def follow(self, maxsize: int = 10000) -> AsyncIterator[Event]:
+    async def follow(self, maxsize: int = 10000) -> AsyncGenerator[Event, None]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
         self._subscribers.add(queue)
         try:

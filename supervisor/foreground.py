@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from config.entry import EntrySpec
 from config.model import Balance, Plan
 
 from .output import LogPrinter
@@ -74,19 +76,47 @@ def serve_blocking(plan: Plan, printer: LogPrinter | None, watch: bool) -> int:
 
 
 def proxy_blocking(
-    listen: list[tuple[str, int]], backends: list[tuple[str, int]], balance: Balance
+    listen: list[tuple[str, int]],
+    backends: list[tuple[str, int]],
+    balance: Balance,
+    backend_dns: list[tuple[str, int]] | None = None,
+    resolve_interval: float = 2.0,
 ) -> int:
-    """`corral proxy`: only the load balancer, with static backends."""
-    import uvloop
-
+    """`corral proxy`: only the load balancer, with fixed and DNS-discovered backends."""
     from proxy.standalone import run_standalone
+
+    async def go(stop: asyncio.Event) -> None:
+        await run_standalone(
+            listen,
+            backends,
+            balance,
+            shutdown=stop,
+            backend_dns=backend_dns,
+            resolve_interval=resolve_interval,
+        )
+
+    return _until_signalled(go)
+
+
+def entry_blocking(entry: EntrySpec) -> int:
+    """`corral proxy --config FILE`: the entry proxy of a promoted stack."""
+    from proxy.standalone import run_entry
+
+    async def go(stop: asyncio.Event) -> None:
+        await run_entry(entry, shutdown=stop)
+
+    return _until_signalled(go)
+
+
+def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
+    import uvloop
 
     async def go() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run_standalone(listen, backends, balance, shutdown=stop)
+        await main(stop)
         return 0
 
     return uvloop.run(go())

@@ -35,6 +35,7 @@ class Nursery:
         self._group: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._orders: set[asyncio.Task[Any]] = set()
+        self._attached: set[asyncio.Task[Any]] = set()
         self._closing = False
 
     def open(self, group: asyncio.TaskGroup) -> None:
@@ -73,6 +74,8 @@ class Nursery:
         result = _result_future()
         task = self.spawn(_deliver(coro, result, name), name)
         task.add_done_callback(lambda _: _interrupted(result, name, coro))
+        self._attached.add(task)
+        task.add_done_callback(self._attached.discard)
         try:
             return await asyncio.shield(result)
         finally:
@@ -86,6 +89,12 @@ class Nursery:
             task.cancel()
         if orders:
             await asyncio.wait(orders)
+
+    async def let_attached_end(self, timeout: float) -> None:
+        """Give attached work (streams whose source just closed) up to `timeout` to end by
+        itself, so that its requester gets a clean end rather than an interruption."""
+        if self._attached:
+            await asyncio.wait(list(self._attached), timeout=timeout)
 
     def cancel_all(self) -> None:
         """Cancel whatever still runs; the group's exit then waits for it."""

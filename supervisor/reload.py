@@ -113,6 +113,8 @@ def diff(old: Plan, new: Plan, venvs_changed: Collection[str] = ()) -> PlanDiff:
     new_listen = new.proxy.listen if new.proxy else None
     if old_listen != new_listen:
         needs_restart.append("proxy.listen")
+    if old.dashboard != new.dashboard:
+        needs_restart.append("dashboard.listen")
     return PlanDiff(
         added=added,
         removed=removed,

@@ -12,11 +12,12 @@ known at once; its CPU% starts at 0.0 and is measured from there).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
@@ -90,13 +91,19 @@ class Sampler:
 
     async def next_after(self, seq: int) -> StatsSnapshot:
         """The first scheduled snapshot newer than `seq` (for periodic streams)."""
-        self._followers += 1
-        if self._followers == 1:
-            self._wake.set()  # a follower came: switch to the fast schedule now
-        try:
+        async with self.followed():
             while self._latest.seq <= seq:
                 await self._next.wait()
             return self._latest
+
+    @contextlib.asynccontextmanager
+    async def followed(self) -> AsyncIterator[None]:
+        """While held, someone follows the stats live: the fast schedule."""
+        self._followers += 1
+        if self._followers == 1:
+            self._wake.set()  # switch now, not at the end of a 10 s wait
+        try:
+            yield
         finally:
             self._followers -= 1
 

@@ -7,7 +7,8 @@ here, and every write goes through an order the daemon runs and owns.
 from __future__ import annotations
 
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, Protocol
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, TypeVar
 
 from config.model import Plan
 
@@ -15,6 +16,8 @@ from .events import EventBus
 from .logs import LogHub
 from .sampler import StatsSnapshot
 from .status import DaemonStatus, InstanceRow
+
+T = TypeVar("T")
 
 
 class DaemonView(Protocol):
@@ -48,6 +51,10 @@ class DaemonView(Protocol):
         switches the daemon to the 2 s schedule)."""
         ...
 
+    def stats_followed(self) -> AbstractAsyncContextManager[None]:
+        """Held by a live view for as long as it shows stats: the 2 s schedule meanwhile."""
+        ...
+
     def proxy_metrics(self) -> str:
         """The proxy's Prometheus text ("" without a proxy)."""
         ...
@@ -72,6 +79,6 @@ class DaemonControl(DaemonView, Protocol):
 
     def request_shutdown(self) -> None: ...
 
-    async def stream(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """Run a long-lived stream (logs -f, events -f) under the daemon's task group."""
+    async def stream(self, work: Coroutine[Any, Any, T], name: str) -> T:
+        """Run a long-lived stream (logs -f, events -f, stats) under the daemon's task group."""
         ...

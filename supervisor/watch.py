@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,14 +80,17 @@ def classify(plan: Plan, paths: Iterable[Path], everything: bool) -> Actions:
 
 
 class _Filter(DefaultFilter):
-    """watchfiles' defaults (.git, __pycache__, editor swap files) plus our own state dir."""
+    """watchfiles' defaults (.git, __pycache__, editor swap files) plus Corral's state dirs."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, root: Path | None = None) -> None:
         super().__init__()
-        self._state = str(state_dir)
+        # Our own state dir, and the directory's `.corral/`: the state of every config in it
+        # (another config's daemon writes logs and builds venvs there all the time).
+        ignored = [state_dir] if root is None else [state_dir, root / ".corral"]
+        self._ignored = tuple(str(path) + os.sep for path in ignored)
 
     def __call__(self, change: Change, path: str) -> bool:
-        return not path.startswith(self._state) and super().__call__(change, path)
+        return not path.startswith(self._ignored) and super().__call__(change, path)
 
 
 def _roots(plan: Plan, everything: bool) -> list[Path]:
@@ -105,7 +109,7 @@ async def watch_project(daemon: Daemon, reloader: Reloader, *, everything: bool 
     try:
         async for changes in awatch(
             *_roots(plan, everything),
-            watch_filter=_Filter(plan.daemon.state_dir),
+            watch_filter=_Filter(plan.daemon.state_dir, plan.path.parent),
             debounce=DEBOUNCE_MS,
             stop_event=stop,
         ):

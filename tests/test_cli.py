@@ -138,7 +138,9 @@ def test_check_reports_config_errors_with_file_and_key(tmp_path: Path) -> None:
     write_config(tmp_path, '[services.api]\ncommand = "x"\ninstances = "three"\n')
     result = corral(tmp_path, "check", check=False)
     assert result.returncode == 2
-    assert "corral.toml: services.api.instances: expected an integer >= 0" in result.stderr
+    assert (
+        "corral.toml: services.api.instances: expected an integer from 0 to 1000" in result.stderr
+    )
 
 
 def test_daemon_killed_hard_leaves_nothing_running_twice(project: Path) -> None:

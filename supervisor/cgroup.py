@@ -7,7 +7,7 @@ always be found whole (`cgroup.procs`) and killed whole (`cgroup.kill`).
 
 Layout, under the daemon's own cgroup D (from /proc/self/cgroup):
 
-    D/corral-<daemon token>/            the daemon's subtree (nothing else writes here)
+    D/corral-<daemon pid>-<token>/      the daemon's subtree (nothing else writes here)
         <instance>/                     one per instance life: api.1#3 → "api.1-3"
         daemon/                         the daemon itself, only once `enable()` moved it
 
@@ -194,9 +194,9 @@ class InstanceCgroup:
 class CgroupTree:
     """The daemon's subtree D/corral-<token>: created at start, removed at shutdown."""
 
-    def __init__(self, own: Path, token: str) -> None:
+    def __init__(self, own: Path, token: str, pid: int | None = None) -> None:
         self.own = own
-        self.root = own / f"corral-{token}"
+        self.root = own / f"corral-{os.getpid() if pid is None else pid}-{token}"
         self._leaf: Path | None = None  # where enable() moved the daemon
 
     @classmethod
@@ -204,6 +204,28 @@ class CgroupTree:
         tree = cls(own, token)
         tree.root.mkdir()
         return tree
+
+    @staticmethod
+    def sweep_abandoned(own: Path) -> int:
+        """Remove the empty subtrees of daemons that are gone (killed hard, their project
+        deleted: no next daemon of theirs will clean up). Returns how many were removed.
+
+        A subtree that still holds processes is left alone: they are another project's, and
+        its next daemon stops them."""
+        removed = 0
+        for path in own.glob("corral-*-*"):
+            pid = path.name.split("-")[1]
+            if not pid.isdigit() or Path(f"/proc/{pid}").exists() or not path.is_dir():
+                continue
+            children = [InstanceCgroup(p) for p in _subdirs(path)]
+            if any(c.populated() for c in children) or InstanceCgroup(path).pids():
+                continue
+            for child in children:
+                child.remove()
+            with contextlib.suppress(OSError):
+                path.rmdir()
+                removed += 1
+        return removed
 
     def instance(self, owner: str) -> InstanceCgroup:
         """A new cgroup for one instance life (`owner` like "api.1#3")."""
@@ -259,9 +281,10 @@ class CgroupTree:
     @staticmethod
     def remove_stale(own: Path, token: str) -> None:
         """The subtree a previous daemon (this project's, now dead) left behind."""
-        stale = CgroupTree(own, token)
-        if stale.root.is_dir():
-            log.warning("removing cgroup %s left by a previous daemon", stale.root)
+        for root in own.glob(f"corral-*-{token}"):
+            stale = CgroupTree(own, token)
+            stale.root = root
+            log.warning("removing cgroup %s left by a previous daemon", root)
             stale.remove()
 
 

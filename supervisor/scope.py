@@ -60,6 +60,8 @@ class Scopes:
             log.info("no per-instance cgroups (%s: %s); using instance tokens", verdict.reason, exc)
             return
         log.info("instances get cgroups under %s", self._tree.root)
+        if swept := CgroupTree.sweep_abandoned(verdict.directory):
+            log.info("removed %d empty cgroup subtree(s) of daemons that are gone", swept)
 
     @property
     def mechanism(self) -> str:

@@ -141,3 +141,29 @@ def test_delegation_rules() -> None:
     assert decide(mounts, "0::/\n", {}, writable=True, delegated_mark=False).directory == Path(
         "/sys/fs/cgroup"
     )
+
+
+def test_empty_subtrees_of_dead_daemons_are_swept(tmp_path: Path) -> None:
+    if not _cgroups_here():
+        pytest.skip(f"needs a writable cgroup v2 of our own ({detect({}).reason})")
+    import subprocess
+    import sys
+
+    from supervisor.cgroup import CgroupTree
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    own = detect({}).directory
+    assert own is not None
+    abandoned = own / f"corral-{gone.pid}-0123456789abcdef"
+    live = own / f"corral-{os.getpid()}-fedcba9876543210"
+    for path in (abandoned / "web.1-1", live / "web.1-1"):
+        path.mkdir(parents=True)
+    try:
+        assert CgroupTree.sweep_abandoned(own) >= 1
+        assert not _exists(abandoned)
+        assert _exists(live)  # its daemon (this process) is alive: not ours to touch
+    finally:
+        for path in (live / "web.1-1", live, abandoned / "web.1-1", abandoned):
+            if _exists(path):
+                path.rmdir()

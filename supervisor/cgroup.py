@@ -192,7 +192,7 @@ class InstanceCgroup:
 
 
 class CgroupTree:
-    """The daemon's subtree D/corral-<token>: created at start, removed at shutdown."""
+    """The daemon's subtree D/corral-<pid>-<token>: created at start, removed at shutdown."""
 
     def __init__(self, own: Path, token: str, pid: int | None = None) -> None:
         self.own = own

@@ -14,7 +14,7 @@ from config.dashboard import read_dashboard
 from config.errors import ConfigError
 from config.graph import find_cycle, toposort
 from config.interpolate import interpolate
-from config.model import Plan, ProxySpec, RouteSpec, ServiceSpec
+from config.model import Plan, ProxySpec, Roll, RouteSpec, ServiceSpec
 from config.proxy import read_proxy
 from config.service import NAME, read_service
 from config.table import Table, show
@@ -89,7 +89,7 @@ def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
     services = _read_services(top, file, root, environ)
     check_services(services, proxy, file)
     dashboard = read_dashboard(top, services, proxy)
-    services = _default_route(services, proxy)
+    services = _resolve_rolls(_default_route(services, proxy), proxy)
     return Plan(
         path=config_path,
         project=project,
@@ -128,6 +128,19 @@ def _default_route(services: list[ServiceSpec], proxy: ProxySpec | None) -> list
     only = ported[0]
     routed = dataclasses.replace(only, route=RouteSpec(path="/"))
     return [routed if spec is only else spec for spec in services]
+
+
+def _resolve_rolls(services: list[ServiceSpec], proxy: ProxySpec | None) -> list[ServiceSpec]:
+    """roll = "auto": a fixed port not behind Corral's proxy keeps its port (in place, N-1 up
+    meanwhile); through the proxy, or on "auto" ports, a replacement surges onto a fresh one."""
+    out = []
+    for spec in services:
+        if spec.roll is Roll.AUTO:
+            routed = proxy is not None and spec.route is not None
+            fixed = spec.port is not None and not routed
+            spec = dataclasses.replace(spec, roll=Roll.IN_PLACE if fixed else Roll.SURGE)
+        out.append(spec)
+    return out
 
 
 def _ordered(services: list[ServiceSpec], file: Path) -> dict[str, ServiceSpec]:

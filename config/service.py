@@ -11,7 +11,7 @@ from pathlib import Path
 
 from config.environment import env_file_paths, read_environment
 from config.health import read_health
-from config.model import Balance, DependCondition, RestartPolicy, ServiceSpec
+from config.model import Balance, CrashLoop, DependCondition, RestartPolicy, Roll, ServiceSpec
 from config.routing import read_hash_key, read_route, read_weights
 from config.table import Table
 from config.units import format_duration
@@ -25,6 +25,7 @@ _ALLOWED = (
     *("restart", "stop_signal", "stop_timeout", "depends_on", "oneshot", "health"),
     *("crash_limit", "crash_window", "backoff", "route", "balance", "hash_on", "weight"),
     *("drain_timeout", "max_surge", "watch", "watch_ignore", "app"),
+    *("min_uptime", "start_timeout", "crash_loop", "crash_cooldown", "roll"),
 )
 # "module:attr" as uvicorn, gunicorn and Mangum users write it: dotted names on both sides.
 _APP = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -48,6 +49,7 @@ def read_service(
     oneshot = table.flag("oneshot", False)
     balance = table.choice("balance", Balance, Balance.ROUND_ROBIN)
     backoff_initial, backoff_max = _read_backoff(table)
+    cooldown_initial, cooldown_max = _read_cooldown(table)
     weights, default_weight = read_weights(table, instances)
     return ServiceSpec(
         name=name,
@@ -70,14 +72,20 @@ def read_service(
         health=read_health(table, has_port),
         crash_limit=table.integer("crash_limit", 5, minimum=1),
         crash_window=table.duration("crash_window", 60.0, positive=True),
+        crash_loop=table.choice("crash_loop", CrashLoop, CrashLoop.RETRY),
+        cooldown_initial=cooldown_initial,
+        cooldown_max=cooldown_max,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
+        min_uptime=table.duration("min_uptime", 1.0),
+        start_timeout=table.duration("start_timeout", 60.0, positive=True),
         route=read_route(table, has_port),
         balance=balance,
         hash_key=read_hash_key(table, balance),
         weights=weights,
         default_weight=default_weight,
         drain_timeout=table.duration("drain_timeout", 30.0),
+        roll=table.choice("roll", Roll, Roll.AUTO),
         max_surge=table.integer("max_surge", 1, minimum=1),
         watch=table.strings("watch"),
         watch_ignore=table.strings("watch_ignore"),
@@ -174,11 +182,20 @@ def _read_depends_on(table: Table) -> dict[str, DependCondition]:
 
 
 def _read_backoff(table: Table) -> tuple[float, float]:
-    backoff = table.table("backoff", ("initial", "max"))
-    if backoff is None:
-        return 0.1, 30.0
-    initial = backoff.duration("initial", 0.1, positive=True)
-    maximum = backoff.duration("max", max(30.0, initial), positive=True)
-    if maximum < initial:
-        raise backoff.expected("max", f"a duration >= initial ({format_duration(initial)})")
-    return initial, maximum
+    return _read_growth(table, "backoff", 0.1, 30.0)
+
+
+def _read_cooldown(table: Table) -> tuple[float, float]:
+    return _read_growth(table, "crash_cooldown", 10.0, 300.0)
+
+
+def _read_growth(table: Table, key: str, initial: float, maximum: float) -> tuple[float, float]:
+    """A `{ initial, max }` table of a delay that doubles from `initial` up to `max`."""
+    sub = table.table(key, ("initial", "max"))
+    if sub is None:
+        return initial, maximum
+    first = sub.duration("initial", initial, positive=True)
+    cap = sub.duration("max", max(maximum, first), positive=True)
+    if cap < first:
+        raise sub.expected("max", f"a duration >= initial ({format_duration(first)})")
+    return first, cap

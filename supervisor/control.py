@@ -32,12 +32,11 @@ from .apibody import (
 )
 from .client import CONFIG_HEADER
 from .dashboard import Dashboard
-from .errors import SupervisorError, TargetError
+from .errors import OrderInterrupted, RollFailed, SupervisorError, TargetError
 from .privatedir import make_private_dir, make_shared_tmp_dir
-from .service import RollFailed
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .view import DaemonControl
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ def _error(status: int, message: str) -> web.Response:
 class ControlServer:
     """aiohttp embedded with AppRunner(handle_signals=False) on a UnixSite."""
 
-    def __init__(self, daemon: Daemon, path: Path) -> None:
+    def __init__(self, daemon: DaemonControl, path: Path) -> None:
         self.daemon = daemon
         self.path = path
         self._runner: web.AppRunner | None = None
@@ -217,7 +216,9 @@ class ControlServer:
             return await _stream(request, history, None)
         self.followers += 1
         try:
-            return await _stream(request, history, (r.to_json() async for r in follower))
+            return await _stream(
+                request, history, (r.to_json() async for r in follower), self.daemon
+            )
         finally:
             follower.close()
             self.followers -= 1
@@ -228,7 +229,7 @@ class ControlServer:
         out: list[tuple[str, int | None]] = []
         for target in raw:
             name, _, index = target.partition(".")
-            if name not in self.daemon.services:
+            if name not in self.daemon.service_names():
                 raise TargetError(f"no service {name!r}")
             if index and not (index.isascii() and index.isdigit()):
                 raise SupervisorError(f"bad instance {target!r}: expected service or service.N")
@@ -245,19 +246,19 @@ class ControlServer:
         self.followers += 1
         try:
             async with contextlib.aclosing(self.daemon.events.follow()) as events:
-                return await _stream(request, history, (e.to_json() async for e in events))
+                return await _stream(
+                    request, history, (e.to_json() async for e in events), self.daemon
+                )
         finally:
             self.followers -= 1
 
     async def reload(self, request: web.Request) -> web.Response:
         await read_body(request, ())
-        if self.daemon.reload_hook is None:
-            raise SupervisorError("this daemon was started without a config file to reload")
-        return web.json_response(await self.daemon.reload_hook())
+        return web.json_response(await self.daemon.reload())
 
     async def shutdown(self, request: web.Request) -> web.Response:
         await read_body(request, ())
-        self.daemon.shutdown_requested.set()
+        self.daemon.request_shutdown()
         return web.json_response({"stopping": True, "pid": os.getpid()})
 
     async def wait(self, request: web.Request) -> web.Response:
@@ -268,7 +269,7 @@ class ControlServer:
     async def metrics(self, request: web.Request) -> web.Response:
         from .metrics import render
 
-        text = render(self.daemon) + self.daemon.traffic.metrics()
+        text = render(self.daemon) + self.daemon.proxy_metrics()
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 
@@ -276,6 +277,7 @@ async def _stream(
     request: web.Request,
     history: list[dict[str, Any]],
     live: AsyncIterator[dict[str, Any]] | None,
+    daemon: DaemonControl | None = None,
 ) -> web.StreamResponse:
     """NDJSON: `history`, then `live` until it ends or the reader goes away."""
     response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
@@ -283,11 +285,12 @@ async def _stream(
     try:
         for obj in history:
             await response.write(_line(obj))
-        if live is not None:
-            await _follow(request, response, live)
+        if live is not None and daemon is not None:
+            # Under the daemon's task group, so that shutdown owns and ends it.
+            await daemon.stream(_follow(request, response, live), "follow")
         await response.write_eof()
-    except ConnectionError:
-        pass  # the reader left (Ctrl-C on `corral logs -f`): normal, nothing to report
+    except (ConnectionError, OrderInterrupted):
+        pass  # the reader left (Ctrl-C on `corral logs -f`), or the daemon is stopping
     return response
 
 
@@ -295,24 +298,24 @@ async def _follow(
     request: web.Request, response: web.StreamResponse, live: AsyncIterator[dict[str, Any]]
 ) -> None:
     async def pump() -> None:
-        async for obj in live:
-            await response.write(_line(obj))
+        with contextlib.suppress(ConnectionError):  # the reader left: the stream is over
+            async for obj in live:
+                await response.write(_line(obj))
 
-    task = asyncio.create_task(pump())
-    try:
-        # A write notices a reader that left; on a quiet stream nothing is written, so look at
-        # the connection now and then, or every Ctrl-C would leave a follower behind.
-        while not task.done():
-            await asyncio.wait({task}, timeout=_LIVENESS_CHECK)
+    async def reader_left() -> None:
+        # A write notices a reader that left; on a quiet stream nothing is written, so look
+        # at the connection now and then, or every Ctrl-C would leave a follower behind.
+        while True:
+            await asyncio.sleep(_LIVENESS_CHECK)
             transport = request.transport
-            if not task.done() and (transport is None or transport.is_closing()):
-                task.cancel()
-                break
-    finally:
-        if not task.done():
+            if transport is None or transport.is_closing():
+                return
+
+    async with asyncio.TaskGroup() as both:  # scoped to this one stream
+        tasks = {both.create_task(pump()), both.create_task(reader_left())}
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
             task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _answers(path: Path) -> bool:

@@ -20,6 +20,7 @@ class Event:
     detail: str = ""
     pid: int | None = None
     port: int | None = None
+    retry_at: float | None = None  # a failed instance's next retry (wall clock)
     ts: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:

@@ -7,14 +7,20 @@ uvloop or the daemon: they run once per keystroke and should start fast.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.entry import EntrySpec
 from config.model import Balance, Plan
 
 from .output import LogPrinter
+
+if TYPE_CHECKING:
+    from .daemon import Companion, Daemon
+
+log = logging.getLogger(__name__)
 
 
 async def serve(plan: Plan, *, printer: LogPrinter | None, watch: bool = False) -> int:
@@ -23,27 +29,32 @@ async def serve(plan: Plan, *, printer: LogPrinter | None, watch: bool = False) 
 
     daemon = Daemon(plan)
     reloader = Reloader(daemon)
-    daemon.reload_hook = reloader.reload
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, daemon.shutdown_requested.set)
+        loop.add_signal_handler(sig, _on_stop_signal, daemon)
     loop.add_signal_handler(signal.SIGHUP, reloader.reload_soon)
-    tasks: list[asyncio.Task[Any]] = []
+    companions: list[Companion] = []
     if printer is not None:
-        tasks.append(asyncio.create_task(print_logs(daemon, printer)))
+        companions.append(("log printer", lambda: print_logs(daemon, printer)))
     if watch or any(spec.watch for spec in plan.services.values()):
         from .watch import watch_project
 
         # Services with their own `watch` patterns are watched always; --watch adds the
         # defaults for every service and corral.toml itself.
-        tasks.append(asyncio.create_task(watch_project(daemon, reloader, everything=watch)))
-    try:
-        await daemon.run()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        companions.append(("watcher", lambda: watch_project(daemon, reloader, everything=watch)))
+    await daemon.run(companions=companions)
     return 0
+
+
+def _on_stop_signal(daemon: Daemon) -> None:
+    # Signal handlers only flip state: the daemon's run does the stopping.
+    if not daemon.shutdown_requested.is_set():
+        log.warning("stopping (press Ctrl-C again to kill everything at once)")
+        daemon.request_shutdown()
+    else:
+        # As docker compose does: the second Ctrl-C means "now".
+        log.warning("killing everything")
+        daemon.kill_everything()
 
 
 async def print_logs(daemon: Any, printer: LogPrinter) -> None:
@@ -51,6 +62,8 @@ async def print_logs(daemon: Any, printer: LogPrinter) -> None:
     try:
         async for record in follower:
             printer.print(record.to_json())
+    except OSError as exc:  # the terminal went away: stop printing, keep supervising
+        log.warning("log printer stopped: %s", exc)
     finally:
         follower.close()
 
@@ -107,3 +120,6 @@ def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
         return 0
 
     return uvloop.run(go())
+
+
+__all__ = ["print_logs", "proxy_blocking", "serve", "serve_blocking"]

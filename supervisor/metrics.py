@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from .view import DaemonView
 
 
 def _labels(**kv: object) -> str:
@@ -13,7 +13,7 @@ def _labels(**kv: object) -> str:
     return "{" + inner + "}"
 
 
-def render(daemon: Daemon) -> str:
+def render(daemon: DaemonView) -> str:
     lines = [
         "# HELP corral_instance_up 1 if the instance is ready (or running, without a port).",
         "# TYPE corral_instance_up gauge",
@@ -23,7 +23,9 @@ def render(daemon: Daemon) -> str:
         "# TYPE corral_instance_restarts_total counter",
     ]
     for row in daemon.ps():
-        labels = _labels(service=row["service"], instance=row["name"])
+        if row["retiring"] or row["incoming"]:
+            continue  # a roll's second incarnation of the same instance: one series each
+        labels = _labels(service=row["service"], instance=row["name"], state=row["state"])
         lines.append(f"corral_instance_up{labels} {int(bool(row['ready']))}")
         restarts.append(
             f"corral_instance_restarts_total{_labels(service=row['service'], instance=row['name'])}"
@@ -34,6 +36,6 @@ def render(daemon: Daemon) -> str:
         "# HELP corral_desired_instances Instances the service should run.",
         "# TYPE corral_desired_instances gauge",
     ]
-    for name, service in daemon.services.items():
-        lines.append(f"corral_desired_instances{_labels(service=name)} {service.desired}")
+    for name, desired in daemon.desired_counts().items():
+        lines.append(f"corral_desired_instances{_labels(service=name)} {desired}")
     return "\n".join(lines) + "\n"

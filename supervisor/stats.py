@@ -28,8 +28,8 @@ MAX_AGE = 0.25
 class FleetSource(Protocol):
     """What the snapshot reads from the daemon (today two calls of `Daemon`)."""
 
-    def ps(self) -> list[dict[str, object]]: ...
-    def status(self) -> dict[str, object]: ...
+    def ps(self) -> Sequence[Mapping[str, Any]]: ...
+    def status(self) -> Mapping[str, Any]: ...
 
 
 @dataclass(slots=True)
@@ -116,7 +116,7 @@ class StatsFeed:
         return self._last
 
     def _build(
-        self, now: float, rows: list[dict[str, object]], status: dict[str, object]
+        self, now: float, rows: Sequence[Mapping[str, Any]], status: Mapping[str, Any]
     ) -> dict[str, Any]:
         proxy = status.get("proxy")
         pools: Mapping[str, list[dict[str, Any]]] = (

@@ -106,17 +106,20 @@ async def watch_project(daemon: Daemon, reloader: Reloader, *, everything: bool 
     """Run until cancelled; apply each debounced batch of changes."""
     plan = daemon.plan
     stop = asyncio.Event()
-    async for changes in awatch(
-        *_roots(plan, everything),
-        watch_filter=_Filter(plan.daemon.state_dir, plan.path.parent),
-        debounce=DEBOUNCE_MS,
-        stop_event=stop,
-    ):
-        actions = classify(daemon.plan, (Path(p) for _, p in changes), everything)
-        try:
-            await apply(daemon, reloader, actions)
-        except SupervisorError as exc:
-            log.error("watch: %s", exc)
+    try:
+        async for changes in awatch(
+            *_roots(plan, everything),
+            watch_filter=_Filter(plan.daemon.state_dir, plan.path.parent),
+            debounce=DEBOUNCE_MS,
+            stop_event=stop,
+        ):
+            actions = classify(daemon.plan, (Path(p) for _, p in changes), everything)
+            try:
+                await apply(daemon, reloader, actions)
+            except SupervisorError as exc:
+                log.error("watch: %s", exc)
+    except Exception:  # watchfiles failed (inotify limits …): supervision carries on without it
+        log.exception("watch mode stopped")
 
 
 async def apply(daemon: Daemon, reloader: Reloader, actions: Actions) -> None:
@@ -128,9 +131,7 @@ async def apply(daemon: Daemon, reloader: Reloader, actions: Actions) -> None:
         if service is None:
             continue
         if name in actions.rebuild:
-            # The old venv keeps serving the running instances until the new one is built.
+            # The restart builds the new venv first; the old one serves until then.
             log.info("watch: %s requirements changed, rebuilding its venv", name)
-            if not await service.prepare():
-                continue
         log.info("watch: %s changed, rolling restart", name)
         await daemon.restart([name], rolling=True)

@@ -93,6 +93,11 @@ def full_project(tmp_path: Path) -> Path:
             crash_limit = 4
             crash_window = "2m"
             backoff = {{ initial = "200ms", max = "10s" }}
+            crash_loop = "stop"
+            crash_cooldown = {{ initial = "30s", max = "10m" }}
+            start_timeout = "2m"
+            min_uptime = "3s"
+            roll = "in-place"
             route = {{ path = "/api", host = "shop.example.com", strip_prefix = true }}
             balance = "hash"
             hash_on = "cookie:session"

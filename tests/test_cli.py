@@ -314,11 +314,15 @@ def test_down_ends_live_followers(project: Path) -> None:
     try:
         corral(project, "up", "-d")
         followers = [
-            subprocess.Popen([*CORRAL, *args], cwd=project, stdout=subprocess.DEVNULL)
+            subprocess.Popen([*CORRAL, *args], cwd=project, stdout=subprocess.PIPE, text=True)
             for args in (["logs", "-f"], ["events", "-f"])
         ]
         try:
             wait_for(lambda: len(ps(project)) == 3, what="daemon answering")
+            # Connected (their history arrived) before the daemon goes: on a loaded machine a
+            # follower's interpreter can take longer to start than `down` takes to finish.
+            for follower in followers:
+                assert follower.stdout is not None and follower.stdout.readline()
             corral(project, "down", "--timeout", "30")
             for follower in followers:
                 assert follower.wait(timeout=10) == 0
@@ -327,6 +331,8 @@ def test_down_ends_live_followers(project: Path) -> None:
                 if follower.poll() is None:
                     follower.kill()
                     follower.wait()
+                if follower.stdout is not None:
+                    follower.stdout.close()
     finally:
         _stop(project)
 

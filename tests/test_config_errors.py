@@ -481,3 +481,48 @@ def test_weight_zero_is_rejected(tmp_path: Path) -> None:
     error = _error(tmp_path, '[services.a]\ncommand = "a"\nport = 9000\nweight = 0\n')
     assert error.key == "services.a.weight"
     assert "expected an integer >= 1 or an array of them" in error.message
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        ('min_uptime = "a while"', "min_uptime", 'expected a duration like "2s"'),
+        ("min_uptime = -1", "min_uptime", "got -1"),
+        ("start_timeout = 0", "start_timeout", "(more than 0, at most 24h), got 0"),
+        ('start_timeout = "forever"', "start_timeout", 'got "forever"'),
+    ],
+)
+def test_wrong_start_up_settings(tmp_path: Path, line: str, key: str, message: str) -> None:
+    error = _error(tmp_path, f'[services.api]\ncommand = "api"\n{line}\n')
+
+    assert error.key == f"services.api.{key}"
+    assert message in error.message
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        ('crash_loop = "forever"', "crash_loop", 'expected "retry" or "stop", got "forever"'),
+        ("crash_loop = true", "crash_loop", 'expected "retry" or "stop", got true'),
+        ('crash_cooldown = "10s"', "crash_cooldown", 'expected a table, got "10s"'),
+        ('crash_cooldown = { initial = "0s" }', "crash_cooldown.initial", "more than 0"),
+        (
+            'crash_cooldown = { initial = "1m", max = "10s" }',
+            "crash_cooldown.max",
+            'expected a duration >= initial (1m), got "10s"',
+        ),
+        ('crash_cooldown = { min = "1s" }', "crash_cooldown", "unknown key 'min'"),
+    ],
+)
+def test_wrong_crash_loop_settings(tmp_path: Path, line: str, key: str, message: str) -> None:
+    error = _error(tmp_path, f'[services.api]\ncommand = "api"\n{line}\n')
+
+    assert error.key == f"services.api.{key}"
+    assert message in error.message
+
+
+def test_roll_must_be_a_known_strategy(tmp_path: Path) -> None:
+    error = _error(tmp_path, '[services.api]\ncommand = "api"\nroll = "blue-green"\n')
+
+    assert error.key == "services.api.roll"
+    assert error.message == 'expected "auto" or "surge" or "in-place", got "blue-green"'

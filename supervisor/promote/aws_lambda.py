@@ -18,7 +18,7 @@ from config.model import ServiceSpec
 from .errors import PromoteError
 from .kubernetes import judge_proxy
 from .model import Stack, Workload
-from .verdict import Findings, Verdict
+from .verdict import Findings, Verdict, judge_supervision
 
 DIR = "lambda"
 SHIM_MODULE = "corral_lambda"
@@ -200,6 +200,16 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
         found.drop_service(spec, note, under="health")
     for field in ("watch", "watch_ignore", "max_surge"):
         found.unless_default(spec, field, Verdict.DROPPED, "not applicable to Lambda", "none")
+    judge_supervision(
+        found,
+        spec,
+        start="not applicable to Lambda (an init phase, then invocations)",
+        loops=Verdict.DROPPED,
+        loops_note="Lambda has no restart policy",
+        loops_default="n/a",
+        surge=(Verdict.APPROXIMATED, "a new function version takes the traffic at once"),
+        in_place=(Verdict.APPROXIMATED, "a new function version takes the traffic at once"),
+    )
     if spec.route is None:
         found.approximated(name, "route", "HttpApi events for / and /{proxy+}")
     else:

@@ -16,7 +16,7 @@ from config.units import format_duration
 from .dockerfile import dockerfile_path, healthcheck_test, judge_image, render_image
 from .entry import DIR, entry_probe, judge_idle_proxy, judge_proxy, render_entry
 from .model import ENTRY, Probe, Stack, Workload
-from .verdict import Findings, Verdict
+from .verdict import Findings, Verdict, judge_supervision
 
 FILE = "compose.yaml"
 _CONDITIONS = {
@@ -231,6 +231,15 @@ def _judge_compose(w: Workload, found: Findings) -> None:
         Verdict.DROPPED,
         "compose recreates containers without a rolling update (use the swarm or k8s target)",
         "compose has no rolling update",
+    )
+    judge_supervision(
+        found,
+        spec,
+        start="compose has no start timeout or minimum uptime",
+        loops=Verdict.APPROXIMATED,
+        loops_note=DOCKER_BACKOFF,
+        surge=(Verdict.APPROXIMATED, "compose recreates a container: stop, then start"),
+        in_place=(Verdict.MAPPED, "compose recreates a container in place: stop, then start"),
     )
     judge_depends(w, found, exact=True)
 

@@ -15,7 +15,7 @@ from .dockerfile import judge_image, render_image
 from .kubernetes import config_map, judge_probes, judge_proxy
 from .model import Stack, Workload
 from .pods import container, k8s_name, labels
-from .verdict import Findings, Verdict
+from .verdict import Findings, Verdict, judge_supervision
 
 DIR = "knative"
 MAX_TIMEOUT = 600  # Knative's default max-revision-timeout-seconds
@@ -96,6 +96,17 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
             spec, field, Verdict.APPROXIMATED, "the kubelet's CrashLoopBackOff", "kubelet's backoff"
         )
     found.approximated(name, "max_surge", "Knative rolls revisions over by itself")
+    backoff = "the kubelet's CrashLoopBackOff (10s doubling to 5m, never gives up)"
+    judge_supervision(
+        found,
+        spec,
+        start="Knative's revision readiness decides (no start timeout of Corral's)",
+        loops=Verdict.APPROXIMATED,
+        loops_note=backoff,
+        loops_default=backoff,
+        surge=(Verdict.MAPPED, "a new revision is ready before it takes traffic"),
+        in_place=(Verdict.APPROXIMATED, "Knative rolls revisions over by itself (a surge)"),
+    )
     found.unless_default(
         spec,
         "depends_on",

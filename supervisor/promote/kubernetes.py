@@ -17,7 +17,7 @@ from config.model import RestartPolicy
 from .dockerfile import UID, judge_image, render_image
 from .model import Stack, Workload
 from .pods import WAITER, container, init_containers, job_dependencies, k8s_name, labels, seconds
-from .verdict import Findings, Verdict
+from .verdict import Findings, Verdict, judge_supervision
 
 DIR = "k8s"
 
@@ -288,6 +288,20 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
                 "the kubelet's CrashLoopBackOff",
             )
         found.mapped(name, "max_surge", "RollingUpdate maxSurge, maxUnavailable 0")
+    backoff = "the kubelet's CrashLoopBackOff (10s doubling to 5m, never gives up)"
+    judge_supervision(
+        found,
+        spec,
+        start="no startupProbe or minReadySeconds is written: the readiness probe decides",
+        loops=Verdict.APPROXIMATED,
+        loops_note=backoff,
+        loops_default=backoff,
+        surge=(Verdict.MAPPED, "RollingUpdate (maxSurge, maxUnavailable 0)"),
+        in_place=(
+            Verdict.APPROXIMATED,
+            "RollingUpdate surges (maxSurge, maxUnavailable 0); the Service keeps the address",
+        ),
+    )
     for field in ("watch", "watch_ignore"):
         found.unless_default(
             spec, field, Verdict.DROPPED, "development only: redeploy instead", "none"

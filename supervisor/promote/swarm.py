@@ -20,7 +20,7 @@ from .compose import entry_service, judge_depends, judge_routes, service_entry
 from .dockerfile import render_image
 from .entry import judge_idle_proxy, judge_proxy, render_entry
 from .model import ENTRY, Stack, Workload
-from .verdict import Findings, Verdict
+from .verdict import Findings, Verdict, judge_supervision
 
 FILE = "stack.yaml"
 _CONDITION = {
@@ -123,5 +123,14 @@ def _judge_swarm(w: Workload, found: Findings) -> None:
         "update_config.parallelism, order start-first"
         if not w.oneshot
         else "a oneshot is not rolled",
+    )
+    judge_supervision(
+        found,
+        spec,
+        start="swarm has no start timeout or minimum uptime of its own",
+        loops=Verdict.APPROXIMATED,
+        loops_note="restart_policy: max_attempts within window, then swarm stops retrying",
+        surge=(Verdict.MAPPED, "update_config order start-first"),
+        in_place=(Verdict.APPROXIMATED, "update_config order start-first: swarm surges"),
     )
     judge_depends(w, found, exact=False)

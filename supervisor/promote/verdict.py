@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from config.model import ProxySpec, ServiceSpec
+from config.model import ProxySpec, Roll, ServiceSpec
 
 PROXY = "[proxy]"  # the "service" name proxy settings are recorded under
 UNJUDGED = "Corral has no translation of this setting for this target yet"
@@ -161,3 +161,34 @@ class Findings:
                 if f.verdict is not Verdict.MAPPED
             ]
         return "\n".join(lines)
+
+
+# Supervision settings of Corral's own (start-up, crash loops, how a roll goes) that every
+# target judges the same way, with its own words.
+START_FIELDS = ("min_uptime", "start_timeout")
+CRASH_LOOP_FIELDS = ("crash_loop", "cooldown_initial", "cooldown_max")
+
+
+def judge_supervision(
+    found: Findings,
+    spec: ServiceSpec,
+    *,
+    start: str,
+    loops: Verdict,
+    loops_note: str,
+    surge: tuple[Verdict, str],
+    in_place: tuple[Verdict, str],
+    loops_default: str = "default",
+) -> None:
+    """Verdicts on min_uptime, start_timeout, crash_loop, crash_cooldown and roll.
+
+    `surge` / `in_place`: how the target's own updates compare with each kind of roll.
+    """
+    for field in START_FIELDS:
+        found.unless_default(spec, field, Verdict.DROPPED, start, "default")
+    for field in CRASH_LOOP_FIELDS:
+        found.unless_default(spec, field, loops, loops_note, loops_default)
+    # `roll` is resolved by config.load ("auto" becomes surge or in-place), so never at its
+    # declared default: judged as what it became.
+    verdict, note = in_place if spec.roll is Roll.IN_PLACE else surge
+    found.record(spec.name, "roll", verdict, f"{spec.roll.value}: {note}")

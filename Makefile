@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK ?= examples/shop/corral.toml
 
-.PHONY: up test lint pytest install clean bench
+.PHONY: up test lint pytest test-docker install clean bench screenshots
 
 $(BIN)/corral: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,22 @@ pytest: $(VENV)/.test-deps
 
 test: lint pytest
 
+# Only the tests that need a Docker engine (.ci/setup-docker starts one: engine, base image,
+# Compose v2, Swarm). `make test` runs them too; without an engine they skip.
+test-docker: $(VENV)/.test-deps
+	bash .ci/setup-docker
+	$(BIN)/pytest -m docker
+
 # Benchmarks against supervisord, nginx and HAProxy (installs them; takes a few minutes).
 bench: $(BIN)/corral
 	bash bench/supervise.sh
 	INSTALL=1 bash bench/proxy.sh
+
+# docs/img/top.png and docs/img/dashboard.png, made by the view tests on a real stack (~3 min;
+# needs tmux and Chromium: .ci/setup-views installs them).
+screenshots: $(VENV)/.test-deps
+	CORRAL_SCREENSHOTS=1 CORRAL_REQUIRE=browser,tmux $(BIN)/pytest -m views \
+		-k "scales_on_a_key or lists_updates_and_rolls"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

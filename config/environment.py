@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,12 +12,12 @@ from config.table import Table, show
 def read_environment(table: Table, cwd: Path, environ: Mapping[str, str]) -> dict[str, str]:
     """`env_file` files in order, then the `env` table, which wins."""
     env: dict[str, str] = {}
-    for name in table.strings("env_file"):
-        path = (cwd / Path(name).expanduser()).resolve()
-        if not path.is_file():
+    for path in env_file_paths(table, cwd):
+        st = table.stat("env_file", path)
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise table.error("env_file", f"file {path} does not exist")
         try:
-            env.update(_read_dotenv(path, environ))
+            env.update(read_env_file(path, environ))
         except (OSError, UnicodeDecodeError) as exc:
             raise table.error("env_file", f"cannot read {path}: {exc}") from None
     raw = table.data.get("env", {})
@@ -34,7 +35,15 @@ def read_environment(table: Table, cwd: Path, environ: Mapping[str, str]) -> dic
     return env
 
 
-def _read_dotenv(path: Path, environ: Mapping[str, str]) -> dict[str, str]:
+def env_file_paths(table: Table, cwd: Path) -> tuple[Path, ...]:
+    """The service's `env_file` entries as absolute paths, in order."""
+    return tuple(
+        table.join("env_file", name, cwd, resolve=True) for name in table.strings("env_file")
+    )
+
+
+def read_env_file(path: Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """One env file's entries, resolved as `load` resolves them."""
     # Imported here: only configs with an env_file pay for python-dotenv (CLI start-up, RSS).
     from dotenv import dotenv_values
     from dotenv.variables import parse_variables

@@ -17,4 +17,7 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         parts = (str(self.file) if self.file is not None else "", self.key, self.message)
-        return ": ".join(part for part in parts if part)
+        text = ": ".join(part for part in parts if part)
+        # Keys and values quoted in messages come from the file: a newline or a terminal
+        # escape in one must not turn "one clear line" into several, or into control codes.
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

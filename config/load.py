@@ -10,15 +10,17 @@ from pathlib import Path
 
 from config.checks import check_services
 from config.daemon import read_daemon
+from config.dashboard import read_dashboard
 from config.errors import ConfigError
 from config.graph import find_cycle, toposort
 from config.interpolate import interpolate
-from config.model import Plan, ProxySpec, RouteSpec, ServiceSpec
+from config.model import Plan, ProxySpec, Roll, RouteSpec, ServiceSpec
 from config.proxy import read_proxy
 from config.service import NAME, read_service
 from config.table import Table, show
 
 CONFIG_NAME = "corral.toml"
+MAX_DEPTH = 32
 
 
 def find_config(start: Path) -> Path:
@@ -49,30 +51,52 @@ def _read_toml(file: Path) -> dict[str, object]:
     except UnicodeDecodeError as exc:
         raise ConfigError(file, "", f"not UTF-8 text: {exc}") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message already ends in "(at line X, column Y)".
         raise ConfigError(file, "", str(exc)) from None
+    except ValueError as exc:  # an integer past Python's 4,300-digit conversion limit
+        raise ConfigError(file, "", f"invalid value: {exc}") from None
+    except RecursionError:
+        raise ConfigError(file, "", f"nested deeper than {MAX_DEPTH} levels") from None
+    _check_depth(data, file)
+    return data
+
+
+def _check_depth(data: dict[str, object], file: Path) -> None:
+    # Iterative: the checks after this (interpolation, error messages) recurse, and no valid
+    # corral.toml nests more than a few levels (services.api.health.http).
+    stack: list[tuple[object, str, int]] = [(data, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConfigError(file, key[:200], f"nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, dict):
+            stack += [(v, f"{key}.{k}" if key else k, depth + 1) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value)]
 
 
 def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
     config_path = file.resolve()
     root = config_path.parent
-    top = Table(data, "", file, ("project", "daemon", "proxy", "services"))
+    top = Table(data, "", file, ("project", "daemon", "proxy", "dashboard", "services"))
     project = top.text("project", root.name or "corral")
     if not project:
         raise top.expected("project", "a non-empty name")
-    daemon = read_daemon(top, config_path)
+    daemon = read_daemon(top, config_path, environ)
     proxy = read_proxy(top)
     services = _read_services(top, file, root, environ)
     check_services(services, proxy, file)
-    services = _default_route(services, proxy)
+    dashboard = read_dashboard(top, services, proxy)
+    services = _resolve_rolls(_default_route(services, proxy), proxy)
     return Plan(
         path=config_path,
         project=project,
         services=_ordered(services, file),
         daemon=daemon,
         proxy=proxy,
+        dashboard=dashboard,
     )
 
 
@@ -89,7 +113,7 @@ def _read_services(
             raise top.error(
                 "services",
                 f"expected service names of a-z, 0-9, '_' and '-' (starting with a letter "
-                f"or digit), got {show(name)}",
+                f"or digit, at most 63 characters), got {show(name)}",
             )
     return [read_service(name, value, file, root, environ) for name, value in raw.items()]
 
@@ -104,6 +128,19 @@ def _default_route(services: list[ServiceSpec], proxy: ProxySpec | None) -> list
     only = ported[0]
     routed = dataclasses.replace(only, route=RouteSpec(path="/"))
     return [routed if spec is only else spec for spec in services]
+
+
+def _resolve_rolls(services: list[ServiceSpec], proxy: ProxySpec | None) -> list[ServiceSpec]:
+    """roll = "auto": a fixed port not behind Corral's proxy keeps its port (in place, N-1 up
+    meanwhile); through the proxy, or on "auto" ports, a replacement surges onto a fresh one."""
+    out = []
+    for spec in services:
+        if spec.roll is Roll.AUTO:
+            routed = proxy is not None and spec.route is not None
+            fixed = spec.port is not None and not routed
+            spec = dataclasses.replace(spec, roll=Roll.IN_PLACE if fixed else Roll.SURGE)
+        out.append(spec)
+    return out
 
 
 def _ordered(services: list[ServiceSpec], file: Path) -> dict[str, ServiceSpec]:

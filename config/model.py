@@ -1,7 +1,10 @@
 """The resolved plan: immutable, fully defaulted, checked once by `config.load`.
 
 Everything downstream (supervisor, proxy) reads these objects and never the TOML.
-Durations are float seconds, sizes are int bytes, paths are absolute.
+Durations are float seconds, sizes are int bytes, paths are absolute. Immutable all the way
+down: the dataclasses are frozen, sequences are tuples, and mappings are read-only views
+(`types.MappingProxyType`) of private copies, whatever the caller passed in. A change is a
+new plan (`dataclasses.replace`), never an edit of a shared one.
 """
 
 from __future__ import annotations
@@ -9,14 +12,42 @@ from __future__ import annotations
 import enum
 import ipaddress
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def frozen_map(items: Mapping[K, V]) -> Mapping[K, V]:
+    """A read-only copy of `items` (the caller's dict can change; this cannot)."""
+    return MappingProxyType(dict(items))
+
+
+def _empty() -> Mapping[Any, Any]:
+    return MappingProxyType({})
 
 
 class RestartPolicy(enum.Enum):
     ALWAYS = "always"
     ON_FAILURE = "on-failure"
     NO = "no"
+
+
+class CrashLoop(enum.Enum):
+    RETRY = "retry"  # failed by a crash loop: retried after a cool-down (10s, 20s, … 5m)
+    STOP = "stop"  # failed for good, until `corral start`
+
+
+class Roll(enum.Enum):
+    """How a rolling restart replaces an instance."""
+
+    AUTO = "auto"  # config.load resolves it: IN_PLACE for a fixed port not behind the proxy
+    SURGE = "surge"  # start the replacement on a fresh port, then drain and stop the old one
+    IN_PLACE = "in-place"  # stop the old one, start the new one on the same port (N-1 up)
 
 
 class DependCondition(enum.Enum):
@@ -88,18 +119,29 @@ class ServiceSpec:
     python: str = (
         "python3"  # interpreter the venv is built from (load() defaults it to Corral's own)
     )
-    env: dict[str, str] = field(default_factory=dict)  # env_file merged in, interpolated
+    env: Mapping[str, str] = field(default_factory=_empty)  # env_file merged in, interpolated
+    env_files: tuple[Path, ...] = ()  # the env_file files env was read from, in order
+    app: str | None = None  # "module:attr" of the ASGI/WSGI app, for `corral promote lambda`
     restart: RestartPolicy = RestartPolicy.ALWAYS
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 10.0
-    depends_on: dict[str, DependCondition] = field(default_factory=dict)
+    depends_on: Mapping[str, DependCondition] = field(default_factory=_empty)
     oneshot: bool = False
     health: HealthSpec | None = None
-    # Crash-loop protection: the crash_limit-th crash inside crash_window → failed.
+    # Crash-loop protection: the crash_limit-th crash inside crash_window → failed; then
+    # (crash_loop = retry) retried after a cool-down doubling from cooldown_initial.
     crash_limit: int = 5
     crash_window: float = 60.0
+    crash_loop: CrashLoop = CrashLoop.RETRY
+    cooldown_initial: float = 10.0
+    cooldown_max: float = 300.0
     backoff_initial: float = 0.1
     backoff_max: float = 30.0
+    # Start-up: a portless instance without a health check counts as up ("running") only
+    # once it has stayed up this long; any other must be ready within start_timeout, or it
+    # is stopped and failed.
+    min_uptime: float = 1.0
+    start_timeout: float = 60.0
     # Proxy side (ignored when the service has no port or [proxy] is absent).
     route: RouteSpec | None = None
     balance: Balance = Balance.ROUND_ROBIN
@@ -108,9 +150,14 @@ class ServiceSpec:
     default_weight: int = 1  # from `weight = 2`, and for instances beyond `weights`
     drain_timeout: float = 30.0
     # Rolling operations and watch mode.
+    roll: Roll = Roll.AUTO
     max_surge: int = 1
     watch: tuple[str, ...] = ()
     watch_ignore: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", frozen_map(self.env))
+        object.__setattr__(self, "depends_on", frozen_map(self.depends_on))
 
     @property
     def has_port(self) -> bool:
@@ -153,11 +200,22 @@ class DaemonSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class DashboardSpec:
+    """The web dashboard: always on the control socket, on TCP only when `listen` is set."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Plan:
     """A whole corral.toml, resolved."""
 
     path: Path  # the config file
     project: str
-    services: dict[str, ServiceSpec]  # in start order (dependencies first)
+    services: Mapping[str, ServiceSpec]  # in start order (dependencies first)
     daemon: DaemonSpec
     proxy: ProxySpec | None = None
+    dashboard: DashboardSpec = field(default_factory=DashboardSpec)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "services", frozen_map(self.services))

@@ -8,9 +8,10 @@ import ipaddress
 import re
 import shlex
 import signal
+from collections.abc import Mapping
 from pathlib import Path
 
-from config.model import HealthKind, HealthSpec, Plan, ServiceSpec
+from config.model import CrashLoop, HealthKind, HealthSpec, Plan, Roll, ServiceSpec
 from config.units import format_duration, format_size
 
 _PLAIN = re.compile(r"[\w@%+=:,./{}-]+")
@@ -27,6 +28,8 @@ def render(plan: Plan) -> str:
         "  proxy       "
         + (", ".join(format_address(a) for a in plan.proxy.listen) if plan.proxy else "off"),
     ]
+    if plan.dashboard.listen is not None:
+        lines.append(f"  dashboard   {format_address(plan.dashboard.listen)} (and the socket)")
     for spec in plan.services.values():
         lines += ["", *_service_lines(spec, root, proxied=plan.proxy is not None)]
     return "\n".join(lines) + "\n"
@@ -63,9 +66,46 @@ def _service_lines(spec: ServiceSpec, root: Path, proxied: bool) -> list[str]:
     }
     if spec.oneshot:
         fields["instances"] += ", oneshot"
+    if spec.port is not None:
+        fields["roll"] = _roll(spec)
+    start = _start(spec)
+    if start:
+        fields["start"] = start
+    crash_loop = _crash_loop(spec)
+    if crash_loop:
+        fields["crash_loop"] = crash_loop
     if spec.watch:
         fields["watch"] = ", ".join(spec.watch)
     return [spec.name] + [f"  {key:<11} {value}" for key, value in fields.items()]
+
+
+def _roll(spec: ServiceSpec) -> str:
+    """What a rolling restart does with a fixed port."""
+    if spec.roll is Roll.IN_PLACE:
+        return f"in place, one at a time ({describe_ports(spec)} kept)"
+    return "surge onto fresh ports"
+
+
+def _start(spec: ServiceSpec) -> str:
+    """The start-up rule, when it is not the default one."""
+    if spec.health is None and not spec.has_port:
+        return (
+            "" if spec.min_uptime == 1.0 else f"running after {format_duration(spec.min_uptime)} up"
+        )
+    return (
+        "" if spec.start_timeout == 60.0 else f"ready within {format_duration(spec.start_timeout)}"
+    )
+
+
+def _crash_loop(spec: ServiceSpec) -> str:
+    """What follows a crash loop, when it is not the default (retry after 10s doubling to 5m)."""
+    loop = f"{spec.crash_limit} crashes in {format_duration(spec.crash_window)}"
+    if spec.crash_loop is CrashLoop.STOP:
+        return f"failed for good after {loop}"
+    if (spec.cooldown_initial, spec.cooldown_max) == (10.0, 300.0):
+        return ""
+    first, last = format_duration(spec.cooldown_initial), format_duration(spec.cooldown_max)
+    return f"retried {first} after {loop}, doubling to {last}"
 
 
 def _command(argv: tuple[str, ...]) -> str:
@@ -130,6 +170,6 @@ def _jsonable(value: object) -> object:
         return str(value)
     if isinstance(value, tuple | list):
         return [_jsonable(item) for item in value]
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(key): _jsonable(item) for key, item in value.items()}
     return value

@@ -4,25 +4,31 @@ from __future__ import annotations
 
 import re
 import signal
+import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from config.environment import read_environment
+from config.environment import env_file_paths, read_environment
 from config.health import read_health
-from config.model import Balance, DependCondition, RestartPolicy, ServiceSpec
+from config.model import Balance, CrashLoop, DependCondition, RestartPolicy, Roll, ServiceSpec
 from config.routing import read_hash_key, read_route, read_weights
 from config.table import Table
 from config.units import format_duration
 
-NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # a DNS label: file names, promote targets
+# One machine, one daemon: past this it is a typo (and `scale` is bounded the same way).
+MAX_INSTANCES = 1000
 
 _ALLOWED = (
     *("command", "instances", "port", "cwd", "requirements", "venv", "python", "env", "env_file"),
     *("restart", "stop_signal", "stop_timeout", "depends_on", "oneshot", "health"),
     *("crash_limit", "crash_window", "backoff", "route", "balance", "hash_on", "weight"),
-    *("drain_timeout", "max_surge", "watch", "watch_ignore"),
+    *("drain_timeout", "max_surge", "watch", "watch_ignore", "app"),
+    *("min_uptime", "start_timeout", "crash_loop", "crash_cooldown", "roll"),
 )
+# "module:attr" as uvicorn, gunicorn and Mangum users write it: dotted names on both sides.
+_APP = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
 
 
 def read_service(
@@ -33,7 +39,7 @@ def read_service(
     if not table.has("command"):
         raise table.error("command", "missing (expected a command string or an array of strings)")
     command = table.argv("command")
-    instances = table.integer("instances", 1)
+    instances = table.integer("instances", 1, maximum=MAX_INSTANCES)
     port, auto_port = _read_port(table, instances)
     has_port = port is not None or auto_port
     if not has_port and any("{port}" in arg for arg in command):
@@ -43,6 +49,7 @@ def read_service(
     oneshot = table.flag("oneshot", False)
     balance = table.choice("balance", Balance, Balance.ROUND_ROBIN)
     backoff_initial, backoff_max = _read_backoff(table)
+    cooldown_initial, cooldown_max = _read_cooldown(table)
     weights, default_weight = read_weights(table, instances)
     return ServiceSpec(
         name=name,
@@ -55,6 +62,8 @@ def read_service(
         requirements=_read_requirements(table, cwd, venv),
         python=_read_python(table, venv),
         env=read_environment(table, cwd, environ),
+        env_files=env_file_paths(table, cwd),
+        app=_read_app(table),
         restart=_read_restart(table, oneshot),
         stop_signal=_read_signal(table),
         stop_timeout=table.duration("stop_timeout", 10.0),
@@ -63,14 +72,20 @@ def read_service(
         health=read_health(table, has_port),
         crash_limit=table.integer("crash_limit", 5, minimum=1),
         crash_window=table.duration("crash_window", 60.0, positive=True),
+        crash_loop=table.choice("crash_loop", CrashLoop, CrashLoop.RETRY),
+        cooldown_initial=cooldown_initial,
+        cooldown_max=cooldown_max,
         backoff_initial=backoff_initial,
         backoff_max=backoff_max,
+        min_uptime=table.duration("min_uptime", 1.0),
+        start_timeout=table.duration("start_timeout", 60.0, positive=True),
         route=read_route(table, has_port),
         balance=balance,
         hash_key=read_hash_key(table, balance),
         weights=weights,
         default_weight=default_weight,
         drain_timeout=table.duration("drain_timeout", 30.0),
+        roll=table.choice("roll", Roll, Roll.AUTO),
         max_surge=table.integer("max_surge", 1, minimum=1),
         watch=table.strings("watch"),
         watch_ignore=table.strings("watch_ignore"),
@@ -91,11 +106,19 @@ def _read_port(table: Table, instances: int) -> tuple[int | None, bool]:
     return port, False
 
 
+def _read_app(table: Table) -> str | None:
+    app = table.optional_text("app")
+    if app is not None and not _APP.fullmatch(app):
+        raise table.expected("app", 'an import path "module:attribute" like "app:app"')
+    return app
+
+
 def _read_cwd(table: Table, root: Path) -> Path:
-    cwd = (root / Path(table.text("cwd", ".")).expanduser()).resolve()
-    if not cwd.exists():
+    cwd = table.filepath("cwd", ".", root, resolve=True)
+    st = table.stat("cwd", cwd)
+    if st is None:
         raise table.error("cwd", f"directory {cwd} does not exist")
-    if not cwd.is_dir():
+    if not stat.S_ISDIR(st.st_mode):
         raise table.error("cwd", f"{cwd} is not a directory")
     return cwd
 
@@ -106,8 +129,9 @@ def _read_requirements(table: Table, cwd: Path, venv: bool) -> Path | None:
         return default if venv and default.is_file() else None
     if not venv:
         raise table.error("requirements", "is set but venv = false (no venv to install into)")
-    path = (cwd / Path(table.text("requirements", "")).expanduser()).resolve()
-    if not path.is_file():
+    path = table.filepath("requirements", "", cwd, resolve=True)
+    st = table.stat("requirements", path)
+    if st is None or not stat.S_ISREG(st.st_mode):
         raise table.error("requirements", f"file {path} does not exist")
     return path
 
@@ -158,11 +182,20 @@ def _read_depends_on(table: Table) -> dict[str, DependCondition]:
 
 
 def _read_backoff(table: Table) -> tuple[float, float]:
-    backoff = table.table("backoff", ("initial", "max"))
-    if backoff is None:
-        return 0.1, 30.0
-    initial = backoff.duration("initial", 0.1, positive=True)
-    maximum = backoff.duration("max", max(30.0, initial), positive=True)
-    if maximum < initial:
-        raise backoff.expected("max", f"a duration >= initial ({format_duration(initial)})")
-    return initial, maximum
+    return _read_growth(table, "backoff", 0.1, 30.0)
+
+
+def _read_cooldown(table: Table) -> tuple[float, float]:
+    return _read_growth(table, "crash_cooldown", 10.0, 300.0)
+
+
+def _read_growth(table: Table, key: str, initial: float, maximum: float) -> tuple[float, float]:
+    """A `{ initial, max }` table of a delay that doubles from `initial` up to `max`."""
+    sub = table.table(key, ("initial", "max"))
+    if sub is None:
+        return initial, maximum
+    first = sub.duration("initial", initial, positive=True)
+    cap = sub.duration("max", max(maximum, first), positive=True)
+    if cap < first:
+        raise sub.expected("max", f"a duration >= initial ({format_duration(first)})")
+    return first, cap

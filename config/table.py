@@ -6,6 +6,7 @@ import datetime
 import difflib
 import enum
 import json
+import os
 import shlex
 from collections.abc import Collection
 from pathlib import Path
@@ -15,6 +16,9 @@ from config.errors import ConfigError
 from config.units import parse_duration, parse_size
 
 E = TypeVar("E", bound=enum.Enum)
+
+# No setting needs a longer wait; longer ones are typos ("999999h") or overflow asyncio's timers.
+MAX_DURATION = 24 * 3600.0
 
 
 def show(value: object) -> str:
@@ -29,6 +33,9 @@ def show(value: object) -> str:
         text = "[" + ", ".join(show(item) for item in value) + "]"
     elif isinstance(value, datetime.date | datetime.time):
         text = value.isoformat()
+    elif isinstance(value, int) and value.bit_length() > 14_000:
+        # str() of an int past 4,300 digits raises (Python's int-to-str limit).
+        text = f"an integer of about {int(value.bit_length() * 0.30103)} digits"
     else:
         text = str(value)
     return text if len(text) <= 60 else text[:57] + "..."
@@ -100,18 +107,17 @@ class Table:
         return value
 
     def duration(self, name: str, default: float, positive: bool = False) -> float:
-        """Seconds; `positive` rejects zero (intervals, timeouts)."""
+        """Seconds, at most MAX_DURATION; `positive` rejects zero (intervals, timeouts)."""
         value = self.data.get(name, default)
         try:
             if not isinstance(value, str | int | float):
                 raise ValueError(value)
             seconds = parse_duration(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             seconds = -1.0
-        if seconds < 0 or (positive and seconds == 0):
-            raise self.expected(
-                name, 'a duration > 0 like "2s"' if positive else 'a duration like "2s"'
-            )
+        if seconds < 0 or (positive and seconds == 0) or seconds > MAX_DURATION:
+            bounds = "more than 0, at most 24h" if positive else "at most 24h"
+            raise self.expected(name, f'a duration like "2s" ({bounds})')
         return seconds
 
     def size(self, name: str, default: int) -> int:
@@ -120,8 +126,34 @@ class Table:
             if not isinstance(value, str | int):
                 raise ValueError(value)
             return parse_size(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise self.expected(name, 'a size like "10MB"') from None
+
+    def filepath(self, name: str, default: str, root: Path, *, resolve: bool = False) -> Path:
+        """The path at `name`, relative to `root` (the config file's directory)."""
+        return self.join(name, self.text(name, default), root, resolve=resolve)
+
+    def join(self, name: str, text: str, root: Path, *, resolve: bool = False) -> Path:
+        """`root / text` with `~` expanded (and symlinks resolved); errors name key `name`."""
+        if "\0" in text:
+            raise self.error(name, f"expected a path without NUL characters, got {show(text)}")
+        try:
+            path = root / Path(text).expanduser()
+            return path.resolve() if resolve else path
+        except RuntimeError as exc:  # "~someone" with no such user; a symlink loop (3.11)
+            raise self.error(name, f"cannot use {show(text)}: {exc}") from None
+        except OSError as exc:
+            raise self.error(name, f"cannot use {show(text)}: {exc.strerror or exc}") from None
+
+    def stat(self, name: str, path: Path) -> os.stat_result | None:
+        """`path`'s stat, None if it does not exist; an OS error names the key `name`."""
+        try:
+            return path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise self.error(name, f"cannot access {path}: {reason}") from None
 
     def choice(self, name: str, kind: type[E], default: E) -> E:
         """The enum member whose value is written at `name`."""

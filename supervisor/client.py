@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
-from .errors import ControlError
+from .errors import ControlError, NoDaemon, WrongDaemon
+
+# Sent with every request when the CLI acts for a config file: a daemon serving another one
+# answers 421 instead of acting (two projects given one `socket` path must not stop each other).
+CONFIG_HEADER = "Corral-Config"
 
 Params = Mapping[str, str] | Sequence[tuple[str, str]]
 
@@ -38,16 +43,19 @@ class _UnixConnection(http.client.HTTPConnection):
 class Client:
     """HTTP/JSON over the daemon's Unix socket."""
 
-    def __init__(self, socket_path: Path, *, timeout: float | None = 300.0) -> None:
+    def __init__(
+        self, socket_path: Path, *, config: Path | None = None, timeout: float | None = 300.0
+    ) -> None:
         self.socket_path = socket_path
+        self.config = config  # the config file the daemon must serve (None: any)
         self._timeout = timeout
 
     def _unreachable(self, exc: Exception) -> ControlError:
         if not self.socket_path.exists():
-            return ControlError(f"no corral daemon is running (no socket at {self.socket_path})")
+            return NoDaemon(f"no corral daemon is running (no socket at {self.socket_path})")
         if isinstance(exc, ConnectionRefusedError):
-            return ControlError(f"no corral daemon is running (stale socket at {self.socket_path})")
-        return ControlError(f"cannot reach the corral daemon at {self.socket_path}: {exc}")
+            return NoDaemon(f"no corral daemon is running (stale socket at {self.socket_path})")
+        return NoDaemon(f"cannot reach the corral daemon at {self.socket_path}: {exc}")
 
     def _send(
         self,
@@ -61,6 +69,8 @@ class Client:
             path = f"{path}?{urlencode(params)}"
         conn = _UnixConnection(self.socket_path, timeout)
         headers = {}
+        if self.config is not None:
+            headers[CONFIG_HEADER] = quote(os.fsencode(self.config))
         payload = None
         if body is not None:
             payload = json.dumps(body).encode()
@@ -68,7 +78,7 @@ class Client:
         try:
             conn.request(method, path, body=payload, headers=headers)
             return conn, conn.getresponse()
-        except OSError as exc:
+        except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise self._unreachable(exc) from exc
 
@@ -78,7 +88,8 @@ class Client:
             message = json.loads(raw).get("error")
         except (ValueError, AttributeError):
             message = None
-        return ControlError(message or f"HTTP {resp.status}: {raw[:200].decode(errors='replace')}")
+        kind = WrongDaemon if resp.status == 421 else ControlError
+        return kind(message or f"HTTP {resp.status}: {raw[:200].decode(errors='replace')}")
 
     def call(
         self,
@@ -86,15 +97,27 @@ class Client:
         path: str,
         body: Mapping[str, Any] | None = None,
         params: Params | None = None,
+        *,
+        timeout: float | None = None,
     ) -> Any:
-        conn, resp = self._send(method, path, body, params, self._timeout)
+        """One request; `timeout` (seconds) overrides the client's for calls that wait."""
+        conn, resp = self._send(method, path, body, params, timeout or self._timeout)
         try:
             raw = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise ControlError(
+                f"the daemon at {self.socket_path} stopped answering: {exc}"
+            ) from exc
         finally:
             conn.close()
         if resp.status >= 400:
             raise self._error(resp, raw)
-        return json.loads(raw)
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ControlError(
+                f"{self.socket_path} answered {raw[:80]!r}: not a corral daemon?"
+            ) from None
 
     def stream(self, path: str, params: Params | None = None) -> Iterator[dict[str, Any]]:
         """Yield NDJSON objects until the daemon ends the stream."""
@@ -105,12 +128,20 @@ class Client:
             for raw in resp:
                 if raw.strip():
                     yield json.loads(raw)
+            # The daemon ends a stream with the last chunk (chunk_left becomes None); a daemon
+            # killed mid-stream just closes, which http.client reads as a quiet end.
+            if resp.chunked and resp.chunk_left is not None:
+                raise ControlError(f"the daemon at {self.socket_path} went away mid-stream")
+        except (OSError, http.client.HTTPException) as exc:
+            # The daemon died mid-stream (kill -9, OOM): one line, not a traceback.
+            raise ControlError(f"the daemon at {self.socket_path} went away: {exc!r}") from None
         finally:
             conn.close()
 
     def alive(self) -> bool:
+        """True if our daemon answers; WrongDaemon if another config's does."""
         try:
             self.call("GET", "/v1/status")
-        except ControlError:
+        except NoDaemon:
             return False
         return True

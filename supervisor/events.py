@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ class Event:
     detail: str = ""
     pid: int | None = None
     port: int | None = None
+    retry_at: float | None = None  # a failed instance's next retry (wall clock)
     ts: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -46,7 +47,7 @@ class EventBus:
             return events
         return events[-n:] if n > 0 else []
 
-    async def follow(self, maxsize: int = 10000) -> AsyncIterator[Event]:
+    async def follow(self, maxsize: int = 10000) -> AsyncGenerator[Event, None]:
         queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize)
         self._subscribers.add(queue)
         try:

@@ -3,54 +3,27 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
-import enum
 import logging
 import time
-from collections.abc import Callable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from config.model import ServiceSpec
+from config.units import format_duration
 
-from . import probe as probes
-from .backoff import CrashHistory, Verdict, decide, describe_exit
-from .errors import SpawnError
+from .backoff import CrashHistory, Verdict, decide
+from .clock import SYSTEM_CLOCK, Clock
 from .logs import LogSink
-from .process import descendants, reap_group, spawn, stop_tree
+from .run import HOST, Outcome, ProcessRun
+from .scope import Scope, Scopes
+from .states import FINAL, UP, State, check
+
+__all__ = ["FINAL", "HOST", "UP", "Instance", "InstanceHooks", "Runtime", "State"]
 
 log = logging.getLogger(__name__)
 
-HOST = "127.0.0.1"
-# How long stdout/stderr pumps may run after the process exited (a stray grandchild holding
-# the pipe open must not stall the restart).
-_PUMP_GRACE = 1.0
-# First readiness probes come quickly and slow down to the configured interval: start-up time
-# is what users wait on, and an instance that is up should be serving within ~50 ms.
-_FIRST_PROBE_DELAY = 0.02
-# ... but never further apart than this while starting: on a loaded machine (100 interpreters
-# starting on 2 cores) an instance can take seconds, and a probe schedule that had grown to the
-# full interval would leave it listening, unused, for up to that long. Refused connects are cheap.
-_STARTING_PROBE_MAX = 0.25
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    READY = "ready"
-    UNHEALTHY = "unhealthy"
-    RUNNING = "running"  # up, with no port and no health check to say more
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-    CRASHED = "crashed"
-    BACKOFF = "backoff"
-    FAILED = "failed"
-    COMPLETED = "completed"
-
-
-# Settled states: nothing will change without an order from outside.
-FINAL = frozenset({State.STOPPED, State.FAILED, State.COMPLETED})
-# States that count as "up" for `depends_on = "healthy"` and for `up -d`.
-UP = frozenset({State.READY, State.RUNNING})
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 
 class InstanceHooks(Protocol):
@@ -60,9 +33,29 @@ class InstanceHooks(Protocol):
 
     async def drain(self, inst: Instance) -> None: ...
 
+    def internal_error(self, inst: Instance, exc: BaseException) -> None:
+        """A bug in Corral hit this instance (logged; the instance carries on or fails)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """What every instance gets from the daemon: where to report, who owns tasks, time."""
+
+    hooks: InstanceHooks
+    spawn: Spawn  # the daemon's nursery: an instance's life is one of its tasks
+    clock: Clock = SYSTEM_CLOCK
+    forced: asyncio.Event = field(default_factory=asyncio.Event)  # second Ctrl-C: no draining
+    scopes: Scopes | None = None  # how an instance's escaped processes are found (scope.py)
+
 
 class Instance:
-    """A process of a service, kept alive according to the service's policy."""
+    """A process of a service, kept alive according to the service's policy.
+
+    The instance owns its state (every change checked against states.TRANSITIONS) and its
+    life: a loop of process runs (run.ProcessRun), with the restart decision (backoff.decide)
+    between them. It is one task of the daemon's nursery.
+    """
 
     def __init__(
         self,
@@ -72,9 +65,8 @@ class Instance:
         *,
         env: Mapping[str, str],
         sink: LogSink,
-        hooks: InstanceHooks,
+        runtime: Runtime,
         generation: int = 0,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
         self.index = index
@@ -85,44 +77,67 @@ class Instance:
         self.key = f"{self.name}@{port}" if port is not None else self.name
         self.state = State.STOPPED
         self.detail = ""
-        self.pid: int | None = None
         self.restarts = 0
-        self.started_at: float | None = None  # wall clock of the current process's start
         self.last_exit: int | None = None
-        self._env = env
-        self._sink = sink
-        self._hooks = hooks
-        self._clock = clock
-        self._history = CrashHistory(spec.crash_limit, spec.crash_window)
-        self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
-        self._changed = asyncio.Condition()
-        self._in_pool = False
+        self.retry_at: float | None = None  # wall clock of the next retry of a failed instance
         self.port_owner = ""  # the PortAllocator booking this instance holds
         self.is_new = True  # until its first state change: events then show no "old" state
-        self._cause = ""  # why the last run ended, when the exit code alone would mislead
-        self._proc: asyncio.subprocess.Process | None = None
+        self.runtime = runtime
+        self.sink = sink
+        self._env = env
+        self._clock = runtime.clock
+        self._history = CrashHistory(spec.crash_limit, spec.crash_window)
+        self._task: asyncio.Task[None] | None = None
+        self._run: ProcessRun | None = None
+        self.scope: Scope | None = None  # for the current life: its cgroup or token
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()  # ends a backoff or cool-down early (stop, or start)
+        self._retry_requested = False
+        self._changed = asyncio.Event()
+        self._in_pool = False
 
     # --- orders from above -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Run the instance's life in a task; no-op if it is already alive."""
-        if self._task is not None and not self._task.done():
+        """Run the instance's life in a task; a failed or backing-off one is retried now."""
+        if self.alive:
+            if self.state in (State.FAILED, State.BACKOFF):
+                self._history.reset()
+                self._retry_requested = True
+                self._wake.set()
             return
         self._stop = asyncio.Event()
         self._history.reset()
-        self._task = asyncio.create_task(self._live(), name=f"instance:{self.name}")
+        # STARTING at once, not when the task first runs: whoever started it and waits for
+        # it to get ready must not see the old (settled) state.
+        self._set(State.STARTING)
+        scopes = self.runtime.scopes
+        if scopes is not None:
+            self.scope = scopes.for_instance(self.port_owner or f"{self.name}#{self.generation}")
+        self._task = self.runtime.spawn(self._live(), f"instance:{self.name}")
 
     async def stop(self) -> None:
         """Drain, stop the process tree, and return once everything is reaped."""
         self._stop.set()
+        self._wake.set()
         if self._task is not None:
-            await asyncio.shield(self._task)
+            # wait(), not await: a life cancelled by an aborting daemon must not raise here.
+            await asyncio.wait([self._task])
+
+    def kill_now(self) -> None:
+        """SIGKILL the process tree at once, and restart nothing (a second Ctrl-C)."""
+        self._stop.set()
+        self._wake.set()
+        if self._run is not None:
+            self._run.kill_now()
+        if self.scope is not None:
+            self.scope.kill_now()
 
     async def wait_for(self, states: frozenset[State], timeout: float | None = None) -> State:
         """Wait until the state is one of `states` (or final); return it."""
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: self.state in states or self.state in FINAL)
+        async with asyncio.timeout(timeout):
+            while not (self.state in states or self.state in FINAL):
+                await self._changed.wait()
         return self.state
 
     def update_spec(self, spec: ServiceSpec) -> None:
@@ -135,31 +150,83 @@ class Instance:
         """Mark an instance that cannot even be started (e.g. its port is taken) as failed."""
         self._set(State.FAILED, reason)
 
+    # --- what others may read ------------------------------------------------------------------
+
     @property
     def alive(self) -> bool:
+        """Its life runs (a process, or a backoff or cool-down before the next one)."""
         return self._task is not None and not self._task.done()
+
+    @property
+    def pid(self) -> int | None:
+        return self._run.pid if self._run is not None else None
+
+    @property
+    def has_process(self) -> bool:
+        return self.pid is not None
+
+    @property
+    def started_at(self) -> float | None:
+        """Wall clock of the current process's start."""
+        return self._run.started_at if self._run is not None and self.pid else None
+
+    @property
+    def uptime(self) -> float:
+        """Seconds the current process has been running (0 without one)."""
+        return self._run.uptime if self._run is not None else 0.0
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        """The environment its processes start with (before the per-instance variables)."""
+        return self._env
 
     @property
     def routable(self) -> bool:
         """Whether the proxy should send this instance traffic."""
         return self.state is State.READY and self.port is not None
 
+    def retry_note(self) -> str:
+        """ "; retry in 10s at 12:03:04" while a failed instance waits for its cool-down."""
+        if self.retry_at is None or self.state is not State.FAILED:
+            return ""
+        seconds = max(0, round(self.retry_at - self._clock.wall()))
+        return f"; retry in {format_duration(seconds)} at {time.strftime('%H:%M:%S', time.localtime(self.retry_at))}"
+
+    # --- what its process run reports (run.py) --------------------------------------------------
+
+    @property
+    def stop_requested(self) -> asyncio.Event:
+        return self._stop
+
+    @property
+    def in_pool(self) -> bool:
+        return self._in_pool
+
+    def enter(self, state: State, detail: str = "") -> None:
+        """A state change seen by the process run (checked against the table)."""
+        self._set(state, detail)
+
+    def note(self, detail: str) -> None:
+        """What a starting instance waits for: shown by `ps`, not worth an event."""
+        self.detail = detail
+
     # --- the life -----------------------------------------------------------------------------
 
-    def _set(self, state: State, detail: str = "") -> None:
-        old, self.state, self.detail = self.state, state, detail
-        if old is state and not detail:
-            return
+    def _set(self, state: State, detail: str = "", *, force: bool = False) -> None:
+        old = self.state
+        if not force:
+            check(old, state)
+        self.state, self.detail = state, detail
+        if state is not State.FAILED:
+            self.retry_at = None
         if detail:
-            self._sink.write("corral", f"{state.value}: {detail}")
-        self._hooks.state_changed(self, old, state, detail)
+            self.sink.write("corral", f"{state.value}: {detail}{self.retry_note()}")
+        self.runtime.hooks.state_changed(self, old, state, detail)
         self.is_new = False
         self._in_pool = state is State.READY
-        asyncio.get_running_loop().create_task(self._notify())
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
+        # Wake every wait_for(); they re-check the state.
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     def _argv(self) -> list[str]:
         port = "" if self.port is None else str(self.port)
@@ -176,33 +243,39 @@ class Instance:
     async def _live(self) -> None:
         try:
             await self._lifecycle()
-        except Exception:
+        except Exception as exc:
+            # A bug of ours between process runs (those inside a run are handled there):
+            # report it; no process runs at this point, so none is left behind.
             log.exception("%s: supervisor error", self.name)
-            self._set(State.FAILED, "internal supervisor error (see daemon log)")
+            self.runtime.hooks.internal_error(self, exc)
+            self._set(State.FAILED, "internal supervisor error (see daemon log)", force=True)
         finally:
-            # Whatever went wrong above, a FAILED or abandoned instance must not leave its
-            # process running (it would hold the port, unsupervised).
-            proc = self._proc
-            if proc is not None and proc.returncode is None:
-                reap_group(proc.pid, descendants(proc.pid))
-                self.pid = None
+            if self.scope is not None:
+                self.scope.close()
 
     async def _lifecycle(self) -> None:
         while not self._stop.is_set():
-            self._set(State.STARTING)
-            stopped, code = await self._run_once()
-            if stopped:
+            if self.state is not State.STARTING:
+                self._set(State.STARTING)
+            outcome = await self._run_process()
+            if outcome.stopped:
                 self._set(State.STOPPED)
                 return
             decision = decide(
-                code=code,
-                cause=self._cause,
+                code=outcome.code,
+                cause=outcome.cause,
                 policy=self.spec.restart,
                 oneshot=self.spec.oneshot,
                 history=self._history,
-                now=self._clock(),
+                now=self._clock.now(),
                 backoff_initial=self.spec.backoff_initial,
                 backoff_max=self.spec.backoff_max,
+                transient=outcome.transient,
+                start_failed=outcome.start_failed,
+                crash_loop=self.spec.crash_loop,
+                cooldown_initial=self.spec.cooldown_initial,
+                cooldown_max=self.spec.cooldown_max,
+                uptime=outcome.uptime,
             )
             if decision.verdict is Verdict.COMPLETED:
                 self._set(State.COMPLETED, decision.reason)
@@ -211,154 +284,33 @@ class Instance:
                 self._set(State.STOPPED, decision.reason)
                 return
             if decision.verdict is Verdict.FAILED:
+                if decision.retry_in is None:
+                    self._set(State.FAILED, decision.reason)
+                    return
+                # Kubernetes' CrashLoopBackOff: not given up on, retried after a cool-down.
+                self.retry_at = self._clock.wall() + decision.retry_in
                 self._set(State.FAILED, decision.reason)
-                return
+                if not await self._pause(decision.retry_in):
+                    break
+                self.restarts += 1
+                continue
             self._set(State.CRASHED, decision.reason)
             self._set(State.BACKOFF, f"restarting in {decision.delay:.2f}s")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(decision.delay):
-                    await self._stop.wait()
+            if not await self._pause(decision.delay):
+                break
             self.restarts += 1
         self._set(State.STOPPED)
 
-    async def _run_once(self) -> tuple[bool, int | None]:
-        """Run the process once: (stopped by order, exit code or None if it could not start)."""
-        env = self._environ()
-        try:
-            proc = await spawn(self._argv(), cwd=self.spec.cwd, env=env)
-        except SpawnError as exc:
-            self._sink.write("corral", str(exc))
-            log.error("%s: %s", self.name, exc)
-            return False, None
-        self._proc = proc
-        self.pid = proc.pid
-        self.started_at = time.time()
-        log.info("%s started (pid=%d, port=%s)", self.name, proc.pid, self.port)
-        self._sink.write("corral", f"started pid {proc.pid}" + _port_note(self.port))
-        assert proc.stdout is not None and proc.stderr is not None
-        pumps = [
-            asyncio.create_task(self._sink.pump("stdout", proc.stdout)),
-            asyncio.create_task(self._sink.pump("stderr", proc.stderr)),
-        ]
-        liveness_failed = asyncio.Event()
-        watcher = asyncio.create_task(self._watch_health(liveness_failed, env))
-        watcher.add_done_callback(self._health_done)
-        exited = asyncio.create_task(proc.wait())
-        stop = asyncio.create_task(self._stop.wait())
-        restart = asyncio.create_task(liveness_failed.wait())
-        try:
-            await asyncio.wait({exited, stop, restart}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (watcher, stop, restart):
-                task.cancel()
-        stopped = False
-        self._cause = ""
-        ended_itself = exited.done()
-        if ended_itself:
-            # The leader is gone; whatever it left in its group (or below it) goes too, or a
-            # stray worker would keep the port and the restart would fail.
-            reap_group(proc.pid, descendants(proc.pid))
-            log.warning(
-                "%s (pid=%d) exited: %s", self.name, proc.pid, describe_exit(proc.returncode)
-            )
-        else:
-            stopped = self._stop.is_set()
-            was_routable = self._in_pool
-            self._set(State.STOPPING, "" if stopped else "liveness check failed; restarting")
-            if was_routable:
-                await self._hooks.drain(self)
-            await stop_tree(proc, self.spec.stop_signal, self.spec.stop_timeout, name=self.name)
-            exited.cancel()
-        self.last_exit = proc.returncode
-        self.pid = None
-        await _finish(pumps)
-        if not (stopped or ended_itself):
-            # A liveness restart counts as a crash for backoff and crash-loop accounting.
-            self._cause = "liveness check failed"
-            return False, proc.returncode if proc.returncode else 1
-        return stopped, proc.returncode
+    async def _run_process(self) -> Outcome:
+        self._run = ProcessRun(self, self._argv(), self._environ())
+        outcome = await self._run.execute()
+        self.last_exit = self._run.returncode
+        return outcome
 
-    def _health_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s: health watcher failed: %r", self.name, task.exception())
-
-    async def _watch_health(self, liveness_failed: asyncio.Event, env: dict[str, str]) -> None:
-        spec = self.spec.health
-        if spec is None:
-            if self.port is None:
-                self._set(State.RUNNING)
-                return
-            delay = _FIRST_PROBE_DELAY
-            while not await probes.port_open(HOST, self.port, 1.0):
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, _STARTING_PROBE_MAX)
-            self._set(State.READY)
-            return
-        if self.port is not None and spec.command:
-            port = str(self.port)
-            spec = dataclasses.replace(
-                spec, command=tuple(arg.replace("{port}", port) for arg in spec.command)
-            )
-        started = self._clock()
-        startup_deadline = started + spec.start_period + spec.retries * spec.interval
-        failures = 0
-        delay = _FIRST_PROBE_DELAY
-        while True:
-            result = await probes.probe(spec, HOST, self.port, cwd=self.spec.cwd, env=env)
-            now = self._clock()
-            if result.ok:
-                failures = 0
-                if self.state is not State.READY:
-                    self._set(State.READY, "" if self.state is State.STARTING else result.detail)
-            elif self.state is State.STARTING:
-                if now >= startup_deadline:
-                    failures = spec.retries
-                    self._set(State.UNHEALTHY, f"not ready after start-up: {result.detail}")
-            else:
-                failures += 1
-                if self.state is State.READY and failures >= spec.retries:
-                    self._set(State.UNHEALTHY, result.detail)
-                elif (
-                    self.state is State.UNHEALTHY
-                    and spec.restart_unhealthy
-                    and failures >= 2 * spec.retries
-                ):
-                    liveness_failed.set()
-                    return
-            if self.state is State.STARTING:
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, spec.interval, _STARTING_PROBE_MAX)
-            else:
-                await asyncio.sleep(spec.interval)
-
-    # --- reporting ------------------------------------------------------------------------------
-
-    def describe(self) -> dict[str, object]:
-        uptime = time.time() - self.started_at if self.started_at and self.pid else 0.0
-        return {
-            "service": self.spec.name,
-            "index": self.index,
-            "name": self.name,
-            "pid": self.pid,
-            "port": self.port,
-            "state": self.state.value,
-            "ready": self.state in UP,
-            "detail": self.detail,
-            "restarts": self.restarts,
-            "uptime_s": round(uptime, 3),
-            "last_exit": self.last_exit,
-            "generation": self.generation,
-        }
-
-
-def _port_note(port: int | None) -> str:
-    return "" if port is None else f" on port {port}"
-
-
-async def _finish(pumps: list[asyncio.Task[None]]) -> None:
-    done, pending = await asyncio.wait(pumps, timeout=_PUMP_GRACE)
-    for task in pending:
-        task.cancel()
-    for task in done:
-        if task.exception() is not None:
-            log.warning("log pump failed: %r", task.exception())
+    async def _pause(self, seconds: float) -> bool:
+        """Wait before the next start; False if a stop order came meanwhile."""
+        if not (self._stop.is_set() or self._retry_requested):
+            self._wake.clear()
+            await self._clock.wait(self._wake, seconds)
+        self._retry_requested = False
+        return not self._stop.is_set()

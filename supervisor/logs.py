@@ -12,6 +12,7 @@ import contextlib
 import heapq
 import itertools
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
+
+from .privatedir import private_file
 
 log = logging.getLogger(__name__)
 
@@ -327,13 +330,16 @@ class _LogFile:
                 file.close()
 
     def _open(self) -> BinaryIO:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Rotated files beyond `keep` (left from a run with a larger keep) would never go away.
         for extra in self.path.parent.glob(f"{self.path.name}.*"):
             suffix = extra.name.rsplit(".", 1)[-1]
             if suffix.isdigit() and int(suffix) > self.keep:
                 extra.unlink(missing_ok=True)
-        self._file = open(self.path, "ab", buffering=_FILE_BUFFER)
+        # 0600 whatever the umask (and for files an older run left wider): instance output
+        # can hold secrets such as tokens and connection URLs.
+        fd = private_file(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        self._file = open(fd, "ab", buffering=_FILE_BUFFER)
         self._size = self._file.tell()
         return self._file
 

@@ -1,7 +1,8 @@
-"""Terminal output: coloured `service.N | line` log prefixes and the `ps` table."""
+"""Terminal output: coloured `service.N | line` log prefixes, the `ps` and `status` tables."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,10 @@ class LogPrinter:
             line = f"[corral] {line}" if not self.colour else f"\033[2m[corral] {line}\033[0m"
         self.stream.write(f"{self.prefix(record['service'], record['index'])} {line}\n")
         self.stream.flush()
+
+
+def print_json(data: object) -> None:
+    print(json.dumps(data, indent=2))
 
 
 def human_duration(seconds: float) -> str:
@@ -90,7 +95,43 @@ def ps_table(rows: Sequence[Mapping[str, Any]]) -> str:
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     lines = []
-    for row in table:
-        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
-        lines.append("  ".join([*cells, row[-1]]).rstrip())
+    for line in table:
+        cells = [cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, line[-1]]).rstrip())
+    return "\n".join(lines)
+
+
+def status_text(status: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
+    """`corral status`: the daemon, its proxy, and one line per service."""
+    proxy = status.get("proxy")
+    listen = ", ".join(proxy.get("listen", [])) if isinstance(proxy, Mapping) else ""
+    lines = [
+        f"daemon   pid {status['pid']}, up {human_duration(float(status['uptime_s']))}",
+        f"config   {status['config']} (project {status['project']})",
+        f"socket   {status['socket']}",
+        f"proxy    {listen or 'off'}",
+        "",
+    ]
+    table = [("SERVICE", "PHASE", "INSTANCES", "DESIRED", "ERROR")]
+    for name, service in status["services"].items():
+        states: dict[str, int] = {}
+        for row in rows:
+            if row["service"] == name and not row.get("retiring") and not row.get("incoming"):
+                states[str(row["state"])] = states.get(str(row["state"]), 0) + 1
+        desired = str(service["desired"])
+        if service["desired"] != service["configured"]:
+            desired += f" (config: {service['configured']})"
+        table.append(
+            (
+                name,
+                str(service["phase"]),
+                ", ".join(f"{n} {state}" for state, n in states.items()) or "-",
+                desired,
+                str(service.get("error") or "")[:60],
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    for line in table:
+        cells = [cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)]
+        lines.append("  ".join([*cells, line[-1]]).rstrip())
     return "\n".join(lines)

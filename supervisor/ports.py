@@ -9,13 +9,13 @@ from __future__ import annotations
 import logging
 import socket
 
+from .errors import PortInUse
+
+__all__ = ["PortAllocator", "PortInUse", "free_port", "is_free"]
+
 log = logging.getLogger(__name__)
 
 _FRESH_TRIES = 100
-
-
-class PortInUse(Exception):
-    """A configured port is held by another process or booked for another instance."""
 
 
 def is_free(host: str, port: int) -> bool:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from config.model import HealthKind, HealthSpec
@@ -30,10 +31,20 @@ _STATUS_LINE_MAX = 8 * 1024
 _OUTPUT_TAIL = 300  # characters of an exec check's output kept for the detail
 
 
+# The daemon itself is out of something a probe needs (fds, memory, buffers): a failed probe
+# then says nothing about the instance, and must not count against it.
+_DAEMON_SHORT_OF = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN}
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeResult:
     ok: bool
     detail: str  # "HTTP 200", "connection refused", "timed out after 1.0s", "exit 1: …"
+    conclusive: bool = True  # False: the probe could not run (daemon out of fds): no verdict
+    # Nothing listens on the port (yet): a classification of `detail`, so not compared.
+    refused: bool = field(default=False, compare=False)
 
 
 async def probe(
@@ -53,17 +64,24 @@ async def probe(
     except TimeoutError:
         return ProbeResult(False, f"timed out after {spec.timeout}s")
     except OSError as exc:
-        return ProbeResult(False, _describe(exc))
+        return _failure(exc)
 
 
-async def port_open(host: str, port: int, timeout: float) -> bool:
+async def probe_port(host: str, port: int, timeout: float) -> ProbeResult:
     """Does host:port accept a TCP connection within `timeout`? (readiness without a check)"""
     try:
         async with asyncio.timeout(timeout):
             await _connect_and_close(host, port)
-    except (TimeoutError, OSError):
-        return False
-    return True
+    except TimeoutError:
+        return ProbeResult(False, f"timed out after {timeout}s")
+    except OSError as exc:
+        return _failure(exc)
+    return ProbeResult(True, "port open")
+
+
+async def port_open(host: str, port: int, timeout: float) -> bool:
+    """Does host:port accept a TCP connection within `timeout`?"""
+    return (await probe_port(host, port, timeout)).ok
 
 
 async def _connect_and_close(host: str, port: int) -> None:
@@ -143,7 +161,10 @@ async def _exec(
             start_new_session=True,  # its own group, so a timeout kills what it spawned too
         )
     except OSError as exc:
-        return ProbeResult(False, f"cannot run {argv[0]}: {exc.strerror or exc}")
+        failed = ProbeResult(False, f"cannot run {argv[0]}: {exc.strerror or exc}")
+        if exc.errno in _DAEMON_SHORT_OF:
+            return ProbeResult(False, failed.detail, conclusive=False)
+        return failed
     assert proc.stdout is not None
     tail = bytearray()
 
@@ -173,6 +194,14 @@ async def _exec(
         return ProbeResult(True, "exit 0")
     detail = f"exit {code}" if code > 0 else f"killed by {_signame(-code)}"
     return ProbeResult(False, f"{detail}: {said}" if said else detail)
+
+
+def _failure(exc: OSError) -> ProbeResult:
+    if exc.errno in _DAEMON_SHORT_OF:
+        return ProbeResult(
+            False, f"cannot probe: {_describe(exc)} (in the daemon)", conclusive=False
+        )
+    return ProbeResult(False, _describe(exc), refused=isinstance(exc, ConnectionRefusedError))
 
 
 def _describe(exc: OSError) -> str:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -55,8 +56,19 @@ def base_environ(source: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _make_preexec(parent: int) -> object:
+def _make_preexec(parent: int, cgroup_procs: bytes | None) -> object:
     def preexec() -> None:
+        # Into the instance's cgroup before exec, so that nothing it starts can be outside it.
+        # If that fails the parent adopts it right after (Scope.adopt): a narrower race.
+        if cgroup_procs is not None:
+            try:
+                fd = os.open(cgroup_procs, os.O_WRONLY)
+                try:
+                    os.write(fd, str(os.getpid()).encode())
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
         # If the daemon dies (even SIGKILL/OOM) the kernel sends SIGTERM to the instance, so it
         # never runs on unsupervised; its own children are cleaned by the next daemon (token scan).
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -67,11 +79,18 @@ def _make_preexec(parent: int) -> object:
 
 
 async def spawn(
-    argv: Sequence[str], *, cwd: Path, env: Mapping[str, str]
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    cgroup_procs: bytes | None = None,
 ) -> asyncio.subprocess.Process:
-    """Start argv in a new session (its own process group), stdout/stderr piped to us."""
+    """Start argv in a new session (its own process group), stdout/stderr piped to us;
+    in the cgroup whose `cgroup.procs` is given, if any."""
+    loop = asyncio.get_running_loop()
     try:
-        return await asyncio.create_subprocess_exec(
+        transport, protocol = await loop.subprocess_exec(
+            lambda: _ExitProtocol(loop),
             *argv,
             cwd=cwd,
             env=dict(env),
@@ -79,15 +98,61 @@ async def spawn(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_make_preexec(os.getpid()),  # type: ignore[arg-type]
+            preexec_fn=_make_preexec(os.getpid(), cgroup_procs),
         )
-    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return Child(transport, protocol, loop)
+    except OSError as exc:
+        # Out of fds, memory or pids in the daemon is the daemon's trouble, not the program's.
+        transient = exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN)
+        raise SpawnError(f"cannot start {argv[0]!r}: {exc}", transient=transient) from exc
+    except (ValueError, subprocess.SubprocessError) as exc:
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from exc
+    except RuntimeError as exc:  # "can't start new thread" (the child watcher): no threads left
+        raise SpawnError(f"cannot start {argv[0]!r}: {exc}", transient=True) from exc
+
+
+class _ExitProtocol(asyncio.subprocess.SubprocessStreamProtocol):
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=2**16, loop=loop)
+        self.exited: asyncio.Future[None] = loop.create_future()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        if not self.exited.done():
+            self.exited.set_result(None)
+
+
+class Child(asyncio.subprocess.Process):
+    """asyncio's Process, whose wait() returns when the process has exited.
+
+    The stdlib loop's wait() also waits until every copy of the child's stdout/stderr pipes
+    is closed (uvloop's does not): a grandchild that escaped the group and holds them would
+    keep a stopped instance "stopping" for as long as it lives.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.SubprocessTransport,
+        protocol: _ExitProtocol,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(transport, protocol, loop)
+        self._exited = protocol.exited
+
+    async def wait(self) -> int:
+        await asyncio.shield(self._exited)
+        code = self.returncode
+        assert code is not None
+        return code
 
 
 # psutil's children(recursive=True) reads every /proc entry on each call; stopping 100
 # instances at once would scan /proc 100 times. One parent→children map serves a whole burst.
 _TREE_TTL = 0.1
+# SIGKILL cannot be ignored, but a process in uninterruptible sleep (a hung NFS read) dies
+# only when it leaves it: keep killing (and waiting) until it is reaped.
+_KILL_RETRY = 1.0
+_KILL_RETRY_MAX = 10.0
 _tree: tuple[float, dict[int, list[int]]] = (-1.0, {})
 
 
@@ -114,8 +179,16 @@ def _ppid_map() -> dict[int, int]:
 
 
 def descendants(pid: int) -> list[psutil.Process]:
-    """Every live descendant of pid (snapshot), for killing grandchildren that left the group."""
-    tree = _children_map()
+    """Every live descendant of pid (snapshot), for killing grandchildren that left the group.
+
+    Never raises: when /proc cannot be read (the daemon is out of fds) it returns what it can
+    (nothing); killing the process group needs no fd and still happens.
+    """
+    try:
+        tree = _children_map()
+    except (OSError, psutil.Error) as exc:
+        log.warning("cannot list the children of pid %d: %s", pid, exc)
+        return []
     found: list[psutil.Process] = []
     todo = list(tree.get(pid, ()))
     while todo:
@@ -138,13 +211,24 @@ def _kill_all(procs: Iterable[psutil.Process]) -> None:
 
 
 async def stop_tree(
-    proc: asyncio.subprocess.Process, sig: int, timeout: float, *, name: str = ""
+    proc: asyncio.subprocess.Process,
+    sig: int,
+    timeout: float,
+    *,
+    name: str = "",
+    also: Callable[[int], None] | None = None,
 ) -> int:
-    """Send sig to the process group, wait up to timeout, then SIGKILL the whole tree; reap it."""
+    """Send sig to the process group, wait up to timeout, then SIGKILL the whole tree; reap it.
+
+    Returns only once the process is reaped: a SIGKILL that does not take (a process stuck in
+    the kernel) is repeated, with growing pauses, rather than given up on.
+    """
     pid = proc.pid
     tree = descendants(pid)
     if proc.returncode is None:
         _signal_group(pid, sig)
+        if also is not None:
+            also(sig)  # the rest of the instance (its cgroup), escaped grandchildren included
         try:
             async with asyncio.timeout(timeout):
                 await proc.wait()
@@ -156,11 +240,18 @@ async def stop_tree(
                 signal.Signals(sig).name,
                 timeout,
             )
-    reap_group(pid, tree)
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    return await asyncio.shield(proc.wait())
+    pause = _KILL_RETRY
+    while True:
+        reap_group(pid, [*tree, *descendants(pid)])
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        try:
+            async with asyncio.timeout(pause):
+                return await asyncio.shield(proc.wait())
+        except TimeoutError:
+            log.warning("%s (pid=%d) still alive after SIGKILL; killing again", name, pid)
+            pause = min(pause * 2, _KILL_RETRY_MAX)
 
 
 def reap_group(pgid: int, extra: Iterable[psutil.Process] = ()) -> None:
@@ -195,21 +286,30 @@ def kill_stale(token: str, pids: Mapping[int, float], grace: float = 3.0) -> int
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
-    _, alive = psutil.wait_procs(procs, timeout=grace)
+    alive = wait_gone(procs, grace)
     _kill_all(alive)
-    psutil.wait_procs(alive, timeout=grace)
+    wait_gone(alive, grace)
     log.warning("stopped %d process(es) left by a previous daemon", len(procs))
     return len(procs)
 
 
-def process_stats(pid: int, cache: dict[int, psutil.Process]) -> tuple[float, int]:
-    """(cpu_percent since the last call, rss bytes) of one process; psutil objects are cached."""
-    proc = cache.get(pid)
+def wait_gone(procs: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait (blocking) until each process has exited; returns those still alive at `timeout`.
+
+    A zombie counts as gone: an orphan we killed is reaped by init, not by us, and an init
+    that is slow to reap (or a container's pid 1 that never does) must not hold a stop up.
+    """
+    alive = list(procs)
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = [p for p in alive if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.01)
+
+
+def _running(proc: psutil.Process) -> bool:
     try:
-        if proc is None:
-            proc = cache[pid] = psutil.Process(pid)
-        with proc.oneshot():
-            return proc.cpu_percent(None), proc.memory_info().rss
+        return proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
-        cache.pop(pid, None)
-        return 0.0, 0
+        return False

@@ -1,149 +1,241 @@
-"""A service: its venv, its desired instance count, scaling and restarts (in place or rolling)."""
+"""One `[services.NAME]`: its desired state, its instances, and the orders that change them.
+
+The Service is the only writer of its phase, desired count, spec and instance lists; the daemon
+and the reload path change them through the methods below, never by assignment.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import Protocol
 
-from config.model import DependCondition, ServiceSpec
+from config.model import DependCondition, Roll, ServiceSpec
 
-from .errors import SupervisorError
-from .instance import FINAL, UP, Instance, InstanceHooks, State
+from .dependency import satisfies, until_recoverable, wait_for_all, wait_for_condition
+from .errors import DependencyFailed, PortInUse, RollFailed, SupervisorError, VenvError
+from .instance import Instance, InstanceHooks, Runtime
 from .logs import LogHub
-from .ports import PortAllocator, PortInUse
+from .ports import PortAllocator
 from .process import base_environ
-from .venv import VenvBuilder, VenvError
+from .roll import Roller
+from .sampler import StatsSnapshot
+from .states import Phase, State
+from .status import InstanceRow, service_rows
+from .venv import VenvBuilder
+
+__all__ = ["DependencyFailed", "Phase", "RollFailed", "Service", "ServiceContext"]
 
 log = logging.getLogger(__name__)
 
 
-class DependencyFailed(SupervisorError):
-    """A dependency ended in a state that can never satisfy its condition."""
+_SERVING = frozenset({State.READY, State.UNHEALTHY, State.RUNNING})
+# Phases in which the service has not started its instances (yet).
+_NOT_STARTED = frozenset({Phase.FAILED, Phase.PENDING, Phase.WAITING, Phase.BUILDING, Phase.HELD})
 
 
-class RollFailed(SupervisorError):
-    """A replacement never became ready; the roll stopped with the old instances serving."""
+class ServiceHooks(InstanceHooks, Protocol):
+    """What a service tells the daemon beyond its instances' state changes."""
+
+    def service_event(self, service: Service, new: str, detail: str) -> None: ...
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class ServiceContext:
     """What every service shares, owned by the daemon."""
 
     logs: LogHub
     ports: PortAllocator
     venvs: VenvBuilder
-    hooks: InstanceHooks
+    hooks: ServiceHooks
     token: str
+    runtime: Runtime
+    lookup: Callable[[str], Service | None]  # another service by name (for dependencies)
 
 
 class Service:
     """Desired state of one `[services.NAME]` and the instances that realise it."""
 
     def __init__(self, spec: ServiceSpec, ctx: ServiceContext, desired: int | None = None) -> None:
-        self.spec = spec
-        self.ctx = ctx
-        self.desired = spec.instances if desired is None else desired
-        self.instances: dict[int, Instance] = {}
-        self.retiring: list[Instance] = []  # old incarnations draining during a roll
-        self.incoming: list[Instance] = []  # replacements starting during a roll
-        self.venv: Path | None = None
-        self.error: str | None = None  # why the service cannot run (venv build, dependency)
-        self.phase = (
-            "pending"  # pending | waiting | building | running | rolling | failed | stopped
-        )
-        self.closed = False
+        self._spec = spec
+        self._ctx = ctx
+        self._desired = spec.instances if desired is None else desired
+        self._instances: dict[int, Instance] = {}
+        self._roller = Roller()  # owns a roll's incoming and retiring incarnations
+        self._venv: Path | None = None
+        self._error: str | None = None  # why the service cannot run (venv build, dependency)
+        self._phase = Phase.PENDING
+        self._closed = False
         self._generation = 0
         self._lock = asyncio.Lock()  # one structural operation at a time
         self._changed = asyncio.Event()
+        self._bringup: asyncio.Task[None] | None = None
+
+    # --- what others may read ------------------------------------------------------------------
 
     @property
     def name(self) -> str:
-        return self.spec.name
+        return self._spec.name
 
-    # --- start-up --------------------------------------------------------------------------------
+    @property
+    def spec(self) -> ServiceSpec:
+        return self._spec
+
+    @property
+    def desired(self) -> int:
+        return self._desired
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    @property
+    def venv(self) -> Path | None:
+        return self._venv
+
+    @property
+    def instances(self) -> Mapping[int, Instance]:
+        return MappingProxyType(self._instances)
+
+    @property
+    def incoming(self) -> tuple[Instance, ...]:
+        return tuple(self._roller.incoming)
+
+    @property
+    def retiring(self) -> tuple[Instance, ...]:
+        return tuple(self._roller.retiring)
+
+    def everything(self) -> list[Instance]:
+        """Every incarnation this service holds: current, incoming and retiring."""
+        return [*self._instances.values(), *self._roller.incoming, *self._roller.retiring]
+
+    # --- bring-up ------------------------------------------------------------------------------
+
+    def bring_up(self) -> None:
+        """Wait for dependencies, build the venv, start; replaces a bring-up still waiting."""
+        self.cancel_bring_up()
+        self._bringup = self._ctx.runtime.spawn(self._bring_up(), f"bring-up:{self.name}")
+
+    def cancel_bring_up(self) -> bool:
+        """Stop waiting on dependencies / the venv; True if it was waiting."""
+        task, self._bringup = self._bringup, None
+        if task is None or task.done():
+            return False
+        task.cancel()
+        return True
+
+    def hold(self) -> None:
+        """`corral stop` before the service started: it stays so until `corral start`."""
+        if self.cancel_bring_up():
+            self._phase = Phase.HELD
+
+    async def _bring_up(self) -> None:
+        while True:
+            self._phase = Phase.WAITING
+            try:
+                await wait_for_all(self._spec.depends_on, self._ctx.lookup)
+                break
+            except DependencyFailed as exc:
+                self.fail(str(exc))
+                self._ctx.hooks.service_event(self, "failed", str(exc))
+            # Failed, and reported so (`up -d` says so): but when the dependency comes back
+            # (a crash loop retried after its cool-down, `corral start db`), so does this one.
+            if not await until_recoverable(self._spec.depends_on, self._ctx.lookup):
+                return
+        if not await self.prepare():
+            self._ctx.hooks.service_event(self, "failed", self._error or "")
+            return
+        await self.start()
 
     async def prepare(self) -> bool:
         """Build (or reuse) the venv. False, with `error` set, if this service cannot run."""
-        if not self.spec.venv:
+        if not self._spec.venv:
             return True
-        self.phase = "building"
-        sink = self.ctx.logs.sink(self.name, 0)
+        before = self._phase
+        self._phase = Phase.BUILDING
+        sink = self._ctx.logs.sink(self.name, 0)
         try:
-            self.venv = await self.ctx.venvs.ensure(
-                self.spec, lambda line: sink.write("corral", line)
+            self._venv = await self._ctx.venvs.ensure(
+                self._spec, lambda line: sink.write("corral", line)
             )
         except VenvError as exc:
             reason = f"virtualenv build failed: {exc}"
-            if any(inst.alive for inst in self.instances.values()):
-                # A rebuild (watch, reload) failed: the running instances keep their old venv
-                # and keep serving; the error is reported, nothing is stopped.
-                self.error = reason
-                self.phase = "running"
-                self.ctx.logs.sink(self.name, 0).write("corral", reason + " (still serving)")
+            if any(inst.alive for inst in self._instances.values()):
+                # A rebuild (watch, reload, restart) failed: the running instances keep their
+                # old venv and keep serving; the error is reported, nothing is stopped.
+                self._error = reason
+                self._phase = before
+                sink.write("corral", reason + " (still serving)")
             else:
                 self.fail(reason)
             return False
-        self.error = None
-        if self.phase == "building":
-            self.phase = "pending"
+        self._error = None
+        self._phase = Phase.PENDING if before in _NOT_STARTED else before
         return True
 
     async def start(self) -> None:
-        """Spawn instances up to the desired count (the venv must be prepared)."""
+        """Spawn instances up to the desired count (the last step of a bring-up)."""
         async with self._lock:
-            self._check_open()
-            self.phase = "running"
-            for index in range(1, self.desired + 1):
-                inst = self.instances.get(index)
+            if self._closed:
+                return
+            self._phase = Phase.RUNNING
+            for index in range(1, self._desired + 1):
+                inst = self._instances.get(index)
                 if inst is None:
                     self._spawn(index)
                 elif not inst.alive:
-                    inst.start()
+                    await self._revive(inst)
         # A service with no instances to change state must still wake its dependents.
         self.notify()
 
     def fail(self, reason: str) -> None:
-        self.error = reason
-        self.phase = "failed"
+        self._error = reason
+        self._phase = Phase.FAILED
         log.error("%s: %s", self.name, reason)
-        self.ctx.logs.sink(self.name, 0).write("corral", reason)
+        self._ctx.logs.sink(self.name, 0).write("corral", reason)
         self.notify()
 
     def environ(self) -> dict[str, str]:
         env = base_environ()
         env["PYTHONUNBUFFERED"] = "1"  # logs should arrive line by line, not in 8 KiB blocks
-        env.update(self.spec.env)
-        if self.venv is not None:
-            env["VIRTUAL_ENV"] = str(self.venv)
-            env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '')}"
-        env["CORRAL_TOKEN"] = self.ctx.token
+        env.update(self._spec.env)
+        if self._venv is not None:
+            env["VIRTUAL_ENV"] = str(self._venv)
+            env["PATH"] = f"{self._venv / 'bin'}:{env.get('PATH', '')}"
+        env["CORRAL_TOKEN"] = self._ctx.token
         return env
 
     def _spawn(self, index: int, *, fresh_port: bool = False) -> Instance:
+        self._check_open()
         self._generation += 1
         owner = f"{self.name}.{index}#{self._generation}"
         port: int | None = None
         error = ""
-        if self.spec.has_port:
-            preferred = self.spec.port + index - 1 if self.spec.port is not None else None
+        if self._spec.has_port:
+            preferred = self._spec.port + index - 1 if self._spec.port is not None else None
             try:
                 if fresh_port:
-                    taken = {i.port for i in self.instances.values() if i.port is not None}
-                    port = self.ctx.ports.fresh(owner, avoid=taken)
+                    taken = {i.port for i in self._instances.values() if i.port is not None}
+                    port = self._ctx.ports.fresh(owner, avoid=taken)
                 else:
-                    port = self.ctx.ports.assign(owner, preferred, self.spec.auto_port)
+                    port = self._ctx.ports.assign(owner, preferred, self._spec.auto_port)
             except PortInUse as exc:
                 error = str(exc)
         inst = Instance(
-            self.spec,
+            self._spec,
             index,
             port,
             env=self.environ(),
-            sink=self.ctx.logs.sink(self.name, index),
-            hooks=self.ctx.hooks,
+            sink=self._ctx.logs.sink(self.name, index),
+            runtime=self._ctx.runtime,
             generation=self._generation,
         )
         inst.port_owner = owner
@@ -152,61 +244,57 @@ class Service:
         else:
             inst.start()
         if not fresh_port:
-            self.instances[index] = inst
+            self._instances[index] = inst
         return inst
+
+    async def _revive(self, inst: Instance) -> None:
+        """Start an instance that serves nothing (stopped, failed, backing off) again, with
+        the service's current settings."""
+        if inst.alive:
+            await inst.stop()  # ends its backoff or cool-down
+        same = inst.spec == self._spec and inst.env == self.environ()
+        if same and (inst.port is not None or not self._spec.has_port):
+            inst.start()
+            return
+        # New settings (a reload), or it never got its port: a new incarnation, port booked
+        # again (the configured one if it is free by now).
+        self._ctx.ports.release(inst.port_owner)
+        self._instances.pop(inst.index, None)
+        self._spawn(inst.index)
 
     # --- dependencies ----------------------------------------------------------------------------
 
     def satisfies(self, condition: DependCondition) -> bool | None:
         """True if met, False if it can never be met (without an order), None if not yet."""
-        if self.phase in ("failed", "stopped"):  # stopped: removed by a reload, or shutdown
-            return False
-        insts = list(self.instances.values())
-        if condition is DependCondition.STARTED:
-            return True if insts or self.desired == 0 else None
-        if not insts:
-            return True if self.desired == 0 and self.phase == "running" else None
-        if condition is DependCondition.COMPLETED:
-            if all(i.state is State.COMPLETED for i in insts):
-                return True
-            if any(i.state in FINAL and i.state is not State.COMPLETED for i in insts):
-                return False
-            return None
-        if all(i.state in UP for i in insts):
-            return True
-        if any(i.state is State.FAILED for i in insts):
-            return False
-        return None
+        states = [inst.state for inst in self._instances.values()]
+        return satisfies(condition, self._phase, states, self._desired)
 
     def notify(self) -> None:
         """Wake waiters on this service's condition (called on every instance state change)."""
         self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        """Return at the next change of this service or of one of its instances."""
+        await self._changed.wait()
 
     async def wait_for(self, condition: DependCondition) -> None:
-        while True:
-            met = self.satisfies(condition)
-            if met:
-                return
-            if met is False:
-                raise DependencyFailed(
-                    f"dependency {self.name!r} failed ({self.error or 'see ps'})"
-                )
-            self._changed.clear()
-            await self._changed.wait()
+        """Return once `condition` is met; DependencyFailed if it cannot be (now)."""
+        await wait_for_condition(self, condition)
 
-    # --- operations ----------------------------------------------------------------------------
+    # --- orders ----------------------------------------------------------------------------------
 
     async def scale(self, count: int) -> None:
         """Change the instance count; scaling down drains the highest indexes first."""
         async with self._lock:
             self._check_open()
-            self.desired = count
-            if self.phase in ("failed", "pending", "waiting", "building", "held"):
+            self._desired = count
+            if self._phase in _NOT_STARTED:
                 return
             for index in range(1, count + 1):
-                if index not in self.instances:
+                if index not in self._instances:
                     self._spawn(index)
-            extra = [self.instances.pop(i) for i in sorted(self.instances) if i > count]
+            extra = [self._instances.pop(i) for i in sorted(self._instances) if i > count]
             await self._stop_instances(extra)
 
     async def stop(self, indexes: Iterable[int] | None = None) -> None:
@@ -216,149 +304,139 @@ class Service:
             await asyncio.gather(*(inst.stop() for inst in targets))
 
     async def start_instances(self, indexes: Iterable[int] | None = None) -> None:
-        """(Re)start stopped or failed instances, in place."""
+        """(Re)start stopped or failed instances, in place; a failed one is retried now."""
         async with self._lock:
             self._check_open()
-            if self.phase == "failed" and self.error and self.spec.venv:
-                self.error = None
+            if self._phase is Phase.FAILED and self._error and self._spec.venv:
+                self._error = None
                 if not await self.prepare():
                     return
-            self.phase = "running"
+            self._phase = Phase.RUNNING
             if indexes is None:
-                for index in range(1, self.desired + 1):
-                    if index not in self.instances:
+                for index in range(1, self._desired + 1):
+                    if index not in self._instances:
                         self._spawn(index)
             for inst in self._pick(indexes):
-                if not inst.alive:
-                    self._start_in_place(inst)
-
-    def _start_in_place(self, inst: Instance) -> None:
-        if inst.port is None and self.spec.has_port:
-            # It never got its port (taken by another process): book one again.
-            self.ctx.ports.release(inst.port_owner)
-            self.instances.pop(inst.index, None)
-            self._spawn(inst.index)
-        else:
-            inst.start()
-
-    def _check_open(self) -> None:
-        if self.closed:
-            raise SupervisorError(f"{self.name}: the daemon is shutting down")
+                if inst.state in (State.FAILED, State.BACKOFF, State.STOPPED, State.COMPLETED):
+                    await self._revive(inst)
 
     async def restart(self, indexes: Iterable[int] | None = None, *, rolling: bool = True) -> None:
-        """Restart instances: rolling (replacement first, then drain the old) or all at once."""
+        """Restart instances: rolling (replacement first, then drain the old) or all at once.
+
+        With a venv, its requirements are checked first: if they changed (by hash), the new
+        venv is built while the old one serves, and the restart moves onto it.
+        """
         async with self._lock:
             self._check_open()
+            if self._spec.venv and not await self.prepare():
+                raise SupervisorError(
+                    f"{self.name}: not restarted, the running instances keep their venv: "
+                    f"{self._error}"
+                )
             targets = self._pick(indexes)
-            if not rolling or self.spec.oneshot:
+            if not rolling or self._spec.oneshot:
                 await asyncio.gather(*(inst.stop() for inst in targets))
                 for inst in targets:
-                    self._start_in_place(inst)
+                    await self._revive(inst)
                 return
-            # Nothing serves from a dead instance, so there is nothing to roll: start it.
+            # Nothing serves from a stopped, failed or backing-off instance, so there is
+            # nothing to roll: start it (with the current settings). One still starting is
+            # left alone.
             for inst in targets:
-                if not inst.alive:
-                    self._start_in_place(inst)
-            await self._roll([i for i in targets if i.alive and i.state is not State.STARTING])
+                if inst.state not in _SERVING and inst.state is not State.STARTING:
+                    await self._revive(inst)
+            await self._roll([i for i in targets if i.state in _SERVING])
 
     async def _roll(self, targets: list[Instance]) -> None:
-        self.phase = "rolling"
+        self._phase = Phase.ROLLING
         try:
-            surge = max(1, self.spec.max_surge)
-            for start in range(0, len(targets), surge):
-                batch = targets[start : start + surge]
-                fresh = [self._spawn(old.index, fresh_port=True) for old in batch]
-                self.incoming.extend(fresh)
-                states = await asyncio.gather(*(self._await_ready(new) for new in fresh))
-                for new in fresh:
-                    self.incoming.remove(new)
-                if any(state not in UP for state in states):
-                    bad = next(n for n, s in zip(fresh, states, strict=True) if s not in UP)
-                    why = f"{bad.state.value}: {bad.detail or 'no detail'}"  # before stop()
-                    await self._stop_instances(fresh)
-                    raise RollFailed(
-                        f"{bad.name}: replacement never became ready ({why}); "
-                        "roll stopped, old instances still serving"
-                    )
-                for old, new in zip(batch, fresh, strict=True):
-                    self.instances[old.index] = new
-                self.retiring.extend(batch)
-                await self._stop_instances(batch)
-                for old in batch:
-                    self.retiring.remove(old)
+            if self._spec.roll is Roll.IN_PLACE:
+                await self._roller.in_place(self, targets)
+            else:
+                await self._roller.surge(self, targets)
         finally:
-            self.phase = "running"
+            if not self._closed:
+                self._phase = Phase.RUNNING
 
-    async def _await_ready(self, inst: Instance) -> State:
-        spec = self.spec.health
-        # As long as start-up may take before it counts as a failure, plus a little slack.
-        budget = 30.0 if spec is None else spec.start_period + spec.retries * spec.interval + 5.0
-        try:
-            return await inst.wait_for(UP | {State.UNHEALTHY}, budget)
-        except TimeoutError:
-            return inst.state
+    # --- RollTarget: what the roll asks of the service (roll.py) --------------------------------
+
+    def spawn_replacement(self, index: int) -> Instance:
+        return self._spawn(index, fresh_port=True)
+
+    def promote(self, new: Instance) -> None:
+        self._instances[new.index] = new
+
+    def respawn(self, index: int) -> Instance:
+        return self._spawn(index)
+
+    async def stop_instances(self, insts: list[Instance]) -> None:
+        await self._stop_instances(insts)
 
     async def _stop_instances(self, insts: list[Instance]) -> None:
         await asyncio.gather(*(inst.stop() for inst in insts))
         for inst in insts:
-            self.ctx.ports.release(inst.port_owner)
+            self._ctx.ports.release(inst.port_owner)
+
+    async def roll_onto(self, spec: ServiceSpec) -> None:
+        """A reload changed how the processes run: roll every instance onto `spec`."""
+        self._spec = spec
+        self._desired = spec.instances
+        if not any(inst.has_process for inst in self._instances.values()):
+            # Nothing is serving (failed, or still waiting): start afresh with the new settings.
+            await self.reset()
+            self.bring_up()
+            return
+        if not await self.prepare():
+            raise SupervisorError(f"{self.name}: {self._error}")
+        await self.restart(rolling=True)
+        await self.scale(spec.instances)
+
+    def update(self, spec: ServiceSpec) -> None:
+        """Settings that need no restart (policies, routing, counts saved to the file)."""
+        rewait = spec.depends_on != self._spec.depends_on and self._phase in (
+            Phase.PENDING,
+            Phase.WAITING,
+        )
+        self._spec = spec
+        for inst in self.everything():
+            inst.update_spec(spec)
+        if rewait:
+            self.bring_up()  # wait on the new dependencies instead
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SupervisorError(f"{self.name}: the daemon is shutting down")
 
     async def shutdown(self) -> None:
-        """Stop everything this service runs (daemon exit or service removed)."""
-        async with self._lock:
-            self.phase = "stopped"
-            self.closed = True  # no order may start anything here any more
-            await self._stop_instances([*self.instances.values(), *self.incoming, *self.retiring])
+        """Stop everything this service runs (daemon exit or service removed).
+
+        Takes no lock: an order holding it (a roll waiting for a replacement) must not delay a
+        shutdown. Once closed, no order can spawn anything here, and what runs is stopped.
+        """
+        self._closed = True  # no order may start anything here any more
+        self._phase = Phase.STOPPED
+        self.cancel_bring_up()
+        await self._stop_instances(self.everything())
         self.notify()
 
     async def reset(self) -> None:
-        """Forget instances that are not running (a reload gives a failed service a fresh start)."""
+        """Forget instances without a process (a reload gives a failed service a fresh start)."""
         async with self._lock:
-            dead = [i for i in self.instances.values() if not i.alive]
+            dead = [i for i in self._instances.values() if not i.has_process]
             await self._stop_instances(dead)
             for inst in dead:
-                self.instances.pop(inst.index, None)
-            self.error = None
-            self.phase = "pending"
+                self._instances.pop(inst.index, None)
+            self._error = None
+            self._phase = Phase.PENDING
         self.notify()
 
     def _pick(self, indexes: Iterable[int] | None) -> list[Instance]:
         if indexes is None:
-            return [self.instances[i] for i in sorted(self.instances)]
-        return [self.instances[i] for i in indexes if i in self.instances]
+            return [self._instances[i] for i in sorted(self._instances)]
+        return [self._instances[i] for i in indexes if i in self._instances]
 
-    def describe(self) -> list[dict[str, object]]:
-        rows = []
-        current = [self.instances[i] for i in sorted(self.instances)]
-        for inst in [*current, *self.incoming, *self.retiring]:
-            row = inst.describe()
-            row["retiring"] = inst in self.retiring
-            row["incoming"] = inst in self.incoming
-            row["phase"] = self.phase
-            rows.append(row)
-        if not rows:
-            # Not spawned yet (waiting on dependencies, building the venv) or never will be
-            # (venv build failed): still one row per desired instance, so ps shows why.
-            state = {"failed": "failed", "held": "stopped", "stopped": "stopped"}.get(
-                self.phase, "starting"
-            )
-            rows = [
-                {
-                    "service": self.name,
-                    "index": index,
-                    "name": f"{self.name}.{index}",
-                    "pid": None,
-                    "port": None,
-                    "state": state,
-                    "ready": False,
-                    "detail": self.error or self.phase,
-                    "restarts": 0,
-                    "uptime_s": 0.0,
-                    "last_exit": None,
-                    "generation": 0,
-                    "retiring": False,
-                    "phase": self.phase,
-                }
-                for index in range(1, self.desired + 1)
-            ]
-        return rows
+    # --- reporting -------------------------------------------------------------------------------
+
+    def rows(self, stats: StatsSnapshot, now: float) -> list[InstanceRow]:
+        """This service's lines of `corral ps`."""
+        return service_rows(self, stats, now)

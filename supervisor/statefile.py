@@ -17,16 +17,18 @@ from typing import Any, TextIO
 import psutil
 
 from .errors import AlreadyRunning
+from .privatedir import make_private_dir, private_file
 from .process import kill_stale
 
 log = logging.getLogger(__name__)
 
 
 class StateDir:
-    """`<state_dir>/daemon.lock` and `<state_dir>/state.json`."""
+    """`<state_dir>/daemon.lock` and `<state_dir>/state.json` (the token: dir 0700, file 0600)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, config: Path | None = None) -> None:
         self.path = path
+        self.config = config  # the config file this state belongs to
         self._lock_file: TextIO | None = None
         self._create_times: dict[int, float] = {}
 
@@ -36,16 +38,20 @@ class StateDir:
 
     def lock(self) -> None:
         """Take the project lock for this process's lifetime (released by the kernel on death)."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        lock = open(self.path / "daemon.lock", "a+")
+        make_private_dir(self.path)
+        fd = private_file(self.path / "daemon.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND)
+        lock = open(fd, "a+")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "?"
             lock.close()
+            owner = self.read().get("config")
+            serving = f" for {owner}" if isinstance(owner, str) else ""
             raise AlreadyRunning(
-                f"a corral daemon (pid {holder}) is already running for {self.path.parent}"
+                f"a corral daemon (pid {holder}) is already running{serving} "
+                f"with state dir {self.path}"
             ) from None
         lock.seek(0)
         lock.truncate()
@@ -87,14 +93,24 @@ class StateDir:
         # Only running instances' start times are worth keeping; every restart adds a pid.
         live = set(pids.values())
         self._create_times = {p: t for p, t in self._create_times.items() if p in live}
-        data = {"pid": os.getpid(), "token": token, "instances": instances, "scaled": scaled}
+        data = {
+            "pid": os.getpid(),
+            "config": str(self.config) if self.config else None,
+            "token": token,
+            "instances": instances,
+            "scaled": scaled,
+        }
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
+        with open(private_file(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
+            f.write(json.dumps(data, indent=1))
         os.replace(tmp, self.state_file)
 
     def scaled(self) -> dict[str, list[int]]:
         """Runtime scale counts: {service: [count, instances-in-config-when-scaled]}."""
-        raw = self.read().get("scaled", {})
+        state = self.read()
+        if self.config is not None and state.get("config", str(self.config)) != str(self.config):
+            return {}  # left by a daemon of another config sharing this state_dir
+        raw = state.get("scaled", {})
         out: dict[str, list[int]] = {}
         if isinstance(raw, dict):
             for name, pair in raw.items():

@@ -22,16 +22,21 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from config.model import ServiceSpec
 
+from .errors import VenvError
 from .pipconfig import uv_config_from_pip
+
+__all__ = ["MARKER", "VenvBuilder", "VenvError"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+Spawn = Callable[[Coroutine[Any, Any, None], str], "asyncio.Task[None]"]
 
 MARKER = ".corral-complete"
 _KEY_LEN = 16
@@ -43,15 +48,15 @@ _DROP_ENV = ("VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "__PYVENV_LAUNCHER__")
 _PROBE = "import sys; print(sys.version); print(sys.executable)"
 
 
-class VenvError(Exception):
-    """A virtualenv could not be built; the message ends with the tool's last output lines."""
-
-
 class VenvBuilder:
     """Builds and caches the venvs under `root` (<state_dir>/venvs)."""
 
-    def __init__(self, root: Path, *, use_uv: bool | None = None) -> None:
+    def __init__(
+        self, root: Path, *, use_uv: bool | None = None, spawn: Spawn | None = None
+    ) -> None:
         self.root = root
+        # Who owns build tasks: the daemon's nursery; used alone (tests), plain tasks.
+        self._spawn: Spawn = spawn or _plain_task
         self._uv = _find_uv() if use_uv is not False else None
         if use_uv and self._uv is None:
             raise VenvError("uv was requested but is not installed")
@@ -92,31 +97,35 @@ class VenvBuilder:
                 # "Newest" means most recently used: a cache hit must not be pruned next time.
                 os.utime(path / MARKER)
                 return path
-            build = _Build(progress)
-            build.task = asyncio.create_task(
-                self._build(spec, path, build), name=f"venv:{path.name}"
-            )
-            self._builds[path] = build
-            build.task.add_done_callback(lambda task: self._finished(path, task))
+            build = self._builds[path] = _Build(progress)
+            build.task = self._spawn(self._run(spec, path, build), f"venv:{path.name}")
         else:
             build.subscribe(progress)
         # Shielded: one caller giving up (its instance was stopped) must not kill the build the
         # others wait on; aclose() cancels the build itself.
-        return await asyncio.shield(build.task)
+        return await asyncio.shield(build.result)
 
     async def aclose(self) -> None:
         """Cancel builds in flight (their half-built dirs are removed)."""
         tasks = [b.task for b in self._builds.values()]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks)
 
-    def _finished(self, path: Path, task: asyncio.Task[Path]) -> None:
-        self._builds.pop(path, None)
-        if not task.cancelled() and task.exception() is not None:
-            # Retrieved here so a build whose every waiter gave up doesn't log "exception was
-            # never retrieved"; the waiters still get it through their shield.
-            log.debug("virtualenv build %s failed: %s", path.name, task.exception())
+    async def _run(self, spec: ServiceSpec, path: Path, build: _Build) -> None:
+        # The build's outcome goes to its waiters, never up into the task's owner: a failed
+        # build fails that service alone.
+        try:
+            build.result.set_result(await self._build(spec, path, build))
+        except asyncio.CancelledError:
+            build.result.cancel()
+            raise
+        except Exception as exc:
+            log.debug("virtualenv build %s failed: %s", path.name, exc)
+            build.result.set_exception(exc)
+        finally:
+            self._builds.pop(path, None)
 
     async def _build(self, spec: ServiceSpec, path: Path, build: _Build) -> Path:
         version, executable = await asyncio.to_thread(self._interpreter, spec)
@@ -218,7 +227,11 @@ class _Build:
     """One build in flight, and the progress callbacks of everyone waiting on it."""
 
     def __init__(self, progress: Progress) -> None:
-        self.task: asyncio.Task[Path]  # set right after, by VenvBuilder.ensure
+        self.task: asyncio.Task[None]  # set right after, by VenvBuilder.ensure
+        self.result: asyncio.Future[Path] = asyncio.get_running_loop().create_future()
+        # Retrieved here so a build whose every waiter gave up doesn't log "exception was
+        # never retrieved"; the waiters still get it through their shield.
+        self.result.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         self._subscribers = [progress]
         # Replayed to late joiners so every waiting instance's log shows the whole build.
         self._history: deque[str] = deque(maxlen=_HISTORY_LINES)
@@ -343,6 +356,10 @@ def _requirement_files(first: Path) -> list[Path]:
             if match and "://" not in match.group(1):
                 todo.append((path.parent / match.group(1)).resolve())
     return seen
+
+
+def _plain_task(coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    return asyncio.get_running_loop().create_task(coro, name=name)
 
 
 def _find_uv() -> str | None:

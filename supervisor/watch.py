@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,14 +80,17 @@ def classify(plan: Plan, paths: Iterable[Path], everything: bool) -> Actions:
 
 
 class _Filter(DefaultFilter):
-    """watchfiles' defaults (.git, __pycache__, editor swap files) plus our own state dir."""
+    """watchfiles' defaults (.git, __pycache__, editor swap files) plus Corral's state dirs."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, root: Path | None = None) -> None:
         super().__init__()
-        self._state = str(state_dir)
+        # Our own state dir, and the directory's `.corral/`: the state of every config in it
+        # (another config's daemon writes logs and builds venvs there all the time).
+        ignored = [state_dir] if root is None else [state_dir, root / ".corral"]
+        self._ignored = tuple(str(path) + os.sep for path in ignored)
 
     def __call__(self, change: Change, path: str) -> bool:
-        return not path.startswith(self._state) and super().__call__(change, path)
+        return not path.startswith(self._ignored) and super().__call__(change, path)
 
 
 def _roots(plan: Plan, everything: bool) -> list[Path]:
@@ -102,17 +106,20 @@ async def watch_project(daemon: Daemon, reloader: Reloader, *, everything: bool 
     """Run until cancelled; apply each debounced batch of changes."""
     plan = daemon.plan
     stop = asyncio.Event()
-    async for changes in awatch(
-        *_roots(plan, everything),
-        watch_filter=_Filter(plan.daemon.state_dir),
-        debounce=DEBOUNCE_MS,
-        stop_event=stop,
-    ):
-        actions = classify(daemon.plan, (Path(p) for _, p in changes), everything)
-        try:
-            await apply(daemon, reloader, actions)
-        except SupervisorError as exc:
-            log.error("watch: %s", exc)
+    try:
+        async for changes in awatch(
+            *_roots(plan, everything),
+            watch_filter=_Filter(plan.daemon.state_dir, plan.path.parent),
+            debounce=DEBOUNCE_MS,
+            stop_event=stop,
+        ):
+            actions = classify(daemon.plan, (Path(p) for _, p in changes), everything)
+            try:
+                await apply(daemon, reloader, actions)
+            except SupervisorError as exc:
+                log.error("watch: %s", exc)
+    except Exception:  # watchfiles failed (inotify limits …): supervision carries on without it
+        log.exception("watch mode stopped")
 
 
 async def apply(daemon: Daemon, reloader: Reloader, actions: Actions) -> None:
@@ -124,9 +131,7 @@ async def apply(daemon: Daemon, reloader: Reloader, actions: Actions) -> None:
         if service is None:
             continue
         if name in actions.rebuild:
-            # The old venv keeps serving the running instances until the new one is built.
+            # The restart builds the new venv first; the old one serves until then.
             log.info("watch: %s requirements changed, rebuilding its venv", name)
-            if not await service.prepare():
-                continue
         log.info("watch: %s changed, rolling restart", name)
         await daemon.restart([name], rolling=True)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -92,6 +93,40 @@ def token_processes(token: str) -> list[psutil.Process]:
     return found
 
 
+def consecutive_free_ports(count: int) -> int:
+    """A base port with `count` free ports from it on (for services with a fixed port)."""
+    from supervisor.ports import free_port
+
+    for _ in range(50):
+        base = free_port()
+        if base + count > 65535:
+            continue
+        socks = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no run of free ports")
+
+
+def sleeper_service(name: str, extra: str = "") -> str:
+    """A [services.NAME] table whose instance sleeps (no port, no check)."""
+    return f"""
+[services.{name}]
+command = ["{PY}", "-c", "import time; time.sleep(600)"]
+venv = false
+stop_timeout = "2s"
+{extra}
+"""
+
+
 def write_config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "corral.toml"
     path.write_text(text)
@@ -117,6 +152,9 @@ async def running_daemon(path: Path) -> AsyncIterator[Daemon]:
             await task
         leftovers = token_processes(daemon.token)
         assert not leftovers, f"processes left behind: {leftovers}"
+        # A bug caught in an instance's life (an illegal state change …) is logged and the
+        # instance carries on; tests must not let one pass unnoticed.
+        assert daemon.internal_errors == 0, "supervisor errors were logged (see the log)"
 
 
 def state_of(daemon: Daemon, name: str) -> str:

@@ -28,7 +28,7 @@ def test_str_names_file_key_and_problem(tmp_path: Path, monkeypatch: pytest.Monk
         load("corral.toml", environ={})
 
     assert str(info.value) == (
-        'corral.toml: services.api.instances: expected an integer >= 0, got "three"'
+        'corral.toml: services.api.instances: expected an integer from 0 to 1000, got "three"'
     )
 
 
@@ -99,16 +99,20 @@ def test_unknown_key_without_close_match_has_no_hint(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "key", "message"),
     [
-        ('instances = "three"', "instances", 'expected an integer >= 0, got "three"'),
-        ("instances = true", "instances", "expected an integer >= 0, got true"),
-        ("instances = -1", "instances", "expected an integer >= 0, got -1"),
+        ('instances = "three"', "instances", 'expected an integer from 0 to 1000, got "three"'),
+        ("instances = true", "instances", "expected an integer from 0 to 1000, got true"),
+        ("instances = -1", "instances", "expected an integer from 0 to 1000, got -1"),
         ("command = 5", "command", "expected a command string or an array of strings, got 5"),
         ('command = ""', "command", 'expected a non-empty command, got ""'),
         ('command = "a \'b"', "command", "cannot split"),
         ("venv = 1", "venv", "expected true or false, got 1"),
         ('restart = "sometimes"', "restart", 'expected "always" or "on-failure" or "no"'),
         ('stop_signal = "SIGNOPE"', "stop_signal", 'expected a signal like "SIGTERM"'),
-        ('stop_timeout = "soon"', "stop_timeout", 'expected a duration like "2s", got "soon"'),
+        (
+            'stop_timeout = "soon"',
+            "stop_timeout",
+            'expected a duration like "2s" (at most 24h), got "soon"',
+        ),
         ("env = { A = [1] }", "env.A", "expected a string or number, got [1]"),
         ('balance = "fastest"', "balance", '"round_robin" or "least_conn"'),
         ("max_surge = 0", "max_surge", "expected an integer >= 1, got 0"),
@@ -142,7 +146,7 @@ def test_health_interval_not_a_duration(tmp_path: Path) -> None:
     )
 
     assert error.key == "services.api.health.interval"
-    assert error.message == 'expected a duration > 0 like "2s", got "fast"'
+    assert error.message == 'expected a duration like "2s" (more than 0, at most 24h), got "fast"'
 
 
 @pytest.mark.parametrize("port", ["0", "70000"])
@@ -477,3 +481,48 @@ def test_weight_zero_is_rejected(tmp_path: Path) -> None:
     error = _error(tmp_path, '[services.a]\ncommand = "a"\nport = 9000\nweight = 0\n')
     assert error.key == "services.a.weight"
     assert "expected an integer >= 1 or an array of them" in error.message
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        ('min_uptime = "a while"', "min_uptime", 'expected a duration like "2s"'),
+        ("min_uptime = -1", "min_uptime", "got -1"),
+        ("start_timeout = 0", "start_timeout", "(more than 0, at most 24h), got 0"),
+        ('start_timeout = "forever"', "start_timeout", 'got "forever"'),
+    ],
+)
+def test_wrong_start_up_settings(tmp_path: Path, line: str, key: str, message: str) -> None:
+    error = _error(tmp_path, f'[services.api]\ncommand = "api"\n{line}\n')
+
+    assert error.key == f"services.api.{key}"
+    assert message in error.message
+
+
+@pytest.mark.parametrize(
+    ("line", "key", "message"),
+    [
+        ('crash_loop = "forever"', "crash_loop", 'expected "retry" or "stop", got "forever"'),
+        ("crash_loop = true", "crash_loop", 'expected "retry" or "stop", got true'),
+        ('crash_cooldown = "10s"', "crash_cooldown", 'expected a table, got "10s"'),
+        ('crash_cooldown = { initial = "0s" }', "crash_cooldown.initial", "more than 0"),
+        (
+            'crash_cooldown = { initial = "1m", max = "10s" }',
+            "crash_cooldown.max",
+            'expected a duration >= initial (1m), got "10s"',
+        ),
+        ('crash_cooldown = { min = "1s" }', "crash_cooldown", "unknown key 'min'"),
+    ],
+)
+def test_wrong_crash_loop_settings(tmp_path: Path, line: str, key: str, message: str) -> None:
+    error = _error(tmp_path, f'[services.api]\ncommand = "api"\n{line}\n')
+
+    assert error.key == f"services.api.{key}"
+    assert message in error.message
+
+
+def test_roll_must_be_a_known_strategy(tmp_path: Path) -> None:
+    error = _error(tmp_path, '[services.api]\ncommand = "api"\nroll = "blue-green"\n')
+
+    assert error.key == "services.api.roll"
+    assert error.message == 'expected "auto" or "surge" or "in-place", got "blue-green"'

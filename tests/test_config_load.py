@@ -426,3 +426,63 @@ def test_find_config_missing(tmp_path: Path) -> None:
 
     assert (info.value.file, info.value.key) == (None, "")
     assert str(info.value) == f"no corral.toml in {tmp_path} (use -f FILE)"
+
+
+def test_the_plan_is_immutable_all_the_way_down(tmp_path: Path) -> None:
+    import dataclasses
+
+    from config.model import ServiceSpec
+
+    path = tmp_path / "corral.toml"
+    path.write_text(
+        '[services.a]\ncommand = "x"\nvenv = false\nenv = { K = "v" }\n'
+        '[services.b]\ncommand = "y"\nvenv = false\ndepends_on = ["a"]\n'
+    )
+    plan = load(path, environ={})
+    with pytest.raises(TypeError):
+        plan.services["c"] = plan.services["a"]  # type: ignore[index]
+    with pytest.raises(TypeError):
+        plan.services["a"].env["K"] = "changed"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        plan.services["b"].depends_on["x"] = DependCondition.STARTED  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.services["a"].instances = 3  # type: ignore[misc]
+    # A dict handed to a constructor is copied, so the caller keeps no handle on the plan.
+    env = {"K": "v"}
+    spec = ServiceSpec(name="s", command=("x",), cwd=tmp_path, env=env)
+    env["K"] = "changed"
+    assert spec.env == {"K": "v"}
+    # A change is a new plan; the old one is untouched.
+    bigger = dataclasses.replace(
+        plan, services={**plan.services, "a": dataclasses.replace(plan.services["a"], instances=2)}
+    )
+    assert bigger.services["a"].instances == 2 and plan.services["a"].instances == 1
+
+
+def test_roll_auto_keeps_fixed_ports_unless_behind_the_proxy(tmp_path: Path) -> None:
+    from config.model import Roll
+
+    path = tmp_path / "corral.toml"
+    path.write_text(
+        '[services.fixed]\ncommand = "a"\nvenv = false\nport = 8001\n'
+        '[services.auto]\ncommand = "b"\nvenv = false\nport = "auto"\n'
+        '[services.none]\ncommand = "c"\nvenv = false\n'
+        '[services.told]\ncommand = "d"\nvenv = false\nport = 9001\nroll = "surge"\n'
+    )
+    rolls = {n: s.roll for n, s in load(path, environ={}).services.items()}
+    assert rolls == {
+        "fixed": Roll.IN_PLACE,
+        "auto": Roll.SURGE,
+        "none": Roll.SURGE,
+        "told": Roll.SURGE,
+    }
+    # Behind Corral's proxy a fixed port need not stay: replacements surge (no gap at all),
+    # unless told otherwise.
+    path.write_text(
+        '[proxy]\nlisten = "127.0.0.1:0"\n'
+        '[services.web]\ncommand = "a"\nvenv = false\nport = 8001\nroute = { path = "/" }\n'
+        '[services.kept]\ncommand = "b"\nvenv = false\nport = 9001\nroll = "in-place"\n'
+        'route = { path = "/k" }\n'
+    )
+    rolls = {n: s.roll for n, s in load(path, environ={}).services.items()}
+    assert rolls == {"web": Roll.SURGE, "kept": Roll.IN_PLACE}

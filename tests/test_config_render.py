@@ -68,6 +68,7 @@ def test_render(tmp_path: Path) -> None:
           depends_on  -
           restart     always, stop SIGTERM then SIGKILL after 10s
           route       not proxied
+          roll        in place, one at a time (port 5432 kept)
 
         api
           command     python app.py --port {{port}}
@@ -79,6 +80,7 @@ def test_render(tmp_path: Path) -> None:
           depends_on  db (healthy)
           restart     always, stop SIGTERM then SIGKILL after 10s
           route       api.localhost/api -> hash on header X-User, weights [3, 1], strip prefix
+          roll        surge onto fresh ports
 
         jobs
           command     python jobs.py
@@ -113,3 +115,27 @@ def test_plan_to_json_is_serialisable(tmp_path: Path) -> None:
     assert api["weights"] == [3, 1]
     assert data["proxy"]["listen"] == [["127.0.0.1", 8080], ["::1", 8080]]
     assert data["daemon"]["socket"] == str(plan.daemon.socket)
+
+
+def test_render_shows_start_up_rules_that_are_not_the_default(tmp_path: Path) -> None:
+    (tmp_path / "corral.toml").write_text(
+        '[services.w]\ncommand = "w"\nvenv = false\nmin_uptime = "5s"\n'
+        '[services.p]\ncommand = "p"\nvenv = false\nport = 9000\nstart_timeout = "2m"\n'
+        '[services.d]\ncommand = "d"\nvenv = false\nport = 9100\n'
+    )
+    text = render(load(tmp_path / "corral.toml", environ={}))
+    assert "  start       running after 5s up\n" in text
+    assert "  start       ready within 2m\n" in text
+    assert text.count("  start ") == 2  # d keeps the defaults: no line
+
+
+def test_render_shows_a_crash_loop_rule_that_is_not_the_default(tmp_path: Path) -> None:
+    (tmp_path / "corral.toml").write_text(
+        '[services.a]\ncommand = "a"\nvenv = false\ncrash_loop = "stop"\n'
+        '[services.b]\ncommand = "b"\nvenv = false\ncrash_cooldown = { initial = "1s", max = "1m" }\n'
+        '[services.c]\ncommand = "c"\nvenv = false\n'
+    )
+    text = render(load(tmp_path / "corral.toml", environ={}))
+    assert "  crash_loop  failed for good after 5 crashes in 1m\n" in text
+    assert "  crash_loop  retried 1s after 5 crashes in 1m, doubling to 1m\n" in text
+    assert text.count("  crash_loop  ") == 2

@@ -12,25 +12,17 @@ from supervisor.reload import Reloader, diff
 from supervisor.service import RollFailed
 
 from .conftest import (
-    PY,
     all_ready,
     rows_of,
     running_daemon,
+    sleeper_service,
     state_of,
     wait_until,
     web_service,
     write_config,
 )
 
-
-def _sleeper(name: str, extra: str = "") -> str:
-    return f"""
-[services.{name}]
-command = ["{PY}", "-c", "import time; time.sleep(600)"]
-venv = false
-stop_timeout = "2s"
-{extra}
-"""
+_sleeper = sleeper_service
 
 
 async def test_invalid_reload_changes_nothing(tmp_path: Path) -> None:

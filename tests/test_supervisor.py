@@ -10,11 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor.ports import free_port
-
 from .conftest import (
     PY,
     all_ready,
+    consecutive_free_ports,
     get_json,
     pid_alive,
     rows_of,
@@ -27,28 +26,8 @@ from .conftest import (
 )
 
 
-def _consecutive_free_ports(count: int) -> int:
-    for _ in range(50):
-        base = free_port()
-        if base + count > 65535:
-            continue
-        socks = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no run of free ports")
-
-
 async def test_instances_get_distinct_ports_and_all_answer(tmp_path: Path) -> None:
-    base = _consecutive_free_ports(3)
+    base = consecutive_free_ports(3)
     path = write_config(tmp_path, web_service("web", instances=3, port=str(base)))
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 3), what="3 ready instances")
@@ -92,7 +71,8 @@ async def test_crash_loop_marks_failed_while_siblings_serve(tmp_path: Path) -> N
         for name in ("web.1", "web.3"):
             port = next(r["port"] for r in rows_of(daemon, "web") if r["name"] == name)
             assert (await get_json(int(port)))["instance"] == name  # type: ignore[call-overload]
-        # Not retried on its own; `start` brings it back (and it crashes again, honestly).
+        # Retried after its cool-down (10 s by default); `start` brings it back at once (and it
+        # crashes again, honestly).
         await daemon.start(["web.2"])
         await wait_until(lambda: state_of(daemon, "web.2") in ("starting", "crashed", "backoff"))
 

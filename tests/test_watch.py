@@ -71,6 +71,20 @@ def test_state_dir_changes_are_ignored(tmp_path: Path) -> None:
     keep = _Filter(plan.daemon.state_dir)
     assert not keep(Change.modified, str(plan.daemon.state_dir / "logs" / "api.1.log"))
     assert keep(Change.modified, str(tmp_path / "api" / "app.py"))
+    assert keep(Change.modified, str(tmp_path / ".corral-notes" / "app.py"))  # only the dir
+
+
+def test_other_configs_state_is_ignored_too(tmp_path: Path) -> None:
+    _plan(tmp_path)
+    other = tmp_path / "other.toml"
+    other.write_text((tmp_path / "corral.toml").read_text())
+    plan = config.load(other)
+    keep = _Filter(plan.daemon.state_dir, plan.path.parent)
+    assert not keep(Change.modified, str(plan.daemon.state_dir / "logs" / "api.1.log"))
+    # corral.toml's daemon, in the same directory, writes here all the time:
+    root = plan.path.parent
+    assert not keep(Change.added, str(root / ".corral" / "venvs" / "api-1" / "x.py"))
+    assert keep(Change.modified, str(root / "api" / "app.py"))
 
 
 async def test_requirements_change_rebuilds_then_rolls_onto_the_new_venv(tmp_path: Path) -> None:
@@ -100,13 +114,17 @@ health = {{ http = "/healthz", interval = "200ms", timeout = "150ms", retries = 
         watcher = asyncio.create_task(watch_project(daemon, Reloader(daemon), everything=False))
         try:
             deadline = time.monotonic() + 30
-            edits = 0
+            edits, last_edit, building = 0, 0.0, False
             while rows_of(daemon, "web")[0]["pid"] == old_pid:
                 assert time.monotonic() < deadline, "the requirements change never rolled"
-                if edits < 3:  # watchfiles may still be setting up its watches
+                building = building or daemon.services["web"].phase == "building"
+                # watchfiles may still be setting up its watches: edit again only if nothing
+                # started. A second rebuild would rightly prune the first venv (two are kept).
+                if not building and edits < 3 and time.monotonic() - last_edit > 2:
                     edits += 1
+                    last_edit = time.monotonic()
                     (app / "requirements.txt").write_text(f"six\n# edit {edits}\n")
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(0.02)
             await wait_until(lambda: all_ready(daemon, "web", 1), timeout=60)
         finally:
             watcher.cancel()

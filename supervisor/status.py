@@ -1,0 +1,176 @@
+"""The typed rows of `ps`, `status` and `/metrics`, built in one place."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TypedDict
+
+from config.model import Plan
+from config.units import format_duration
+
+from .sampler import ProcessSample, StatsSnapshot
+from .states import UP, Phase
+
+if TYPE_CHECKING:
+    from .instance import Instance
+    from .service import Service
+
+
+class InstanceRow(TypedDict):
+    """One line of `corral ps` (and one object of `GET /v1/ps`)."""
+
+    service: str
+    index: int
+    name: str
+    pid: int | None
+    port: int | None
+    state: str
+    ready: bool
+    detail: str
+    restarts: int
+    uptime_s: float
+    last_exit: int | None
+    generation: int
+    retiring: bool  # the old incarnation of a roll, draining
+    incoming: bool  # the replacement of a roll, starting
+    phase: str  # the service's phase
+    retry_at: float | None  # wall clock of the next retry of a failed instance
+    cpu_percent: float
+    rss_bytes: int
+
+
+class ServiceStatus(TypedDict):
+    desired: int
+    configured: int
+    phase: str
+    error: str | None
+    venv: str | None
+
+
+class DaemonStatus(TypedDict):
+    """`GET /v1/status`."""
+
+    project: str
+    config: str
+    pid: int
+    uptime_s: float
+    socket: str
+    proxy: dict[str, object] | None
+    services: dict[str, ServiceStatus]
+    containment: str  # "cgroup <path>" or "token": how escaped processes are found
+
+
+def instance_row(
+    inst: Instance, *, phase: str, role: str, sample: ProcessSample, now: float
+) -> InstanceRow:
+    """The row of a spawned instance; `role` is "current", "incoming" or "retiring"."""
+    return InstanceRow(
+        service=inst.spec.name,
+        index=inst.index,
+        name=inst.name,
+        pid=inst.pid,
+        port=inst.port,
+        state=inst.state.value,
+        ready=inst.state in UP,
+        detail=_detail(inst.detail, inst.retry_at, now),
+        restarts=inst.restarts,
+        uptime_s=round(inst.uptime, 3),
+        last_exit=inst.last_exit,
+        generation=inst.generation,
+        retiring=role == "retiring",
+        incoming=role == "incoming",
+        phase=phase,
+        retry_at=inst.retry_at,
+        cpu_percent=sample.cpu_percent if inst.pid is not None else 0.0,
+        rss_bytes=sample.rss_bytes if inst.pid is not None else 0,
+    )
+
+
+def placeholder_row(
+    service: str, index: int, *, state: str, detail: str, phase: str
+) -> InstanceRow:
+    """The row of an instance not spawned yet (waiting, building) or never (failed venv)."""
+    return InstanceRow(
+        service=service,
+        index=index,
+        name=f"{service}.{index}",
+        pid=None,
+        port=None,
+        state=state,
+        ready=False,
+        detail=detail,
+        restarts=0,
+        uptime_s=0.0,
+        last_exit=None,
+        generation=0,
+        retiring=False,
+        incoming=False,
+        phase=phase,
+        retry_at=None,
+        cpu_percent=0.0,
+        rss_bytes=0,
+    )
+
+
+def service_rows(service: Service, stats: StatsSnapshot, now: float) -> list[InstanceRow]:
+    """A service's lines of `corral ps`: current instances, then a roll's incoming and
+    retiring ones; or, before any is spawned, one placeholder per desired instance."""
+    phase = service.phase
+    roles = [
+        *((service.instances[i], "current") for i in sorted(service.instances)),
+        *((i, "incoming") for i in service.incoming),
+        *((i, "retiring") for i in service.retiring),
+    ]
+    rows = [
+        instance_row(i, phase=phase, role=role, sample=stats.of(i.pid), now=now)
+        for i, role in roles
+    ]
+    if rows:
+        return rows
+    # Not spawned yet (waiting on dependencies, building the venv) or never will be (venv
+    # build failed): still one row per desired instance, so ps shows why.
+    state = {Phase.FAILED: "failed", Phase.HELD: "stopped", Phase.STOPPED: "stopped"}.get(
+        phase, "starting"
+    )
+    return [
+        placeholder_row(service.name, i, state=state, detail=service.error or phase, phase=phase)
+        for i in range(1, service.desired + 1)
+    ]
+
+
+def _detail(detail: str, retry_at: float | None, now: float) -> str:
+    if retry_at is None:
+        return detail
+    # First: `corral ps` cuts DETAIL at 60 characters, and when is what users look for.
+    return f"retry in {format_duration(max(0, round(retry_at - now)))}: {detail}"
+
+
+def daemon_status(
+    plan: Plan,
+    started: float,
+    proxy: dict[str, object] | None,
+    services: Iterable[Service],
+    containment: str,
+) -> DaemonStatus:
+    """`GET /v1/status` of the daemon running `plan` since `started` (wall clock)."""
+    return DaemonStatus(
+        project=plan.project,
+        config=str(plan.path),
+        pid=os.getpid(),
+        uptime_s=round(time.time() - started, 3),
+        socket=str(plan.daemon.socket),
+        proxy=proxy,
+        services={
+            s.name: ServiceStatus(
+                desired=s.desired,
+                configured=s.spec.instances,
+                phase=s.phase.value,
+                error=s.error,
+                venv=str(s.venv) if s.venv else None,
+            )
+            for s in services
+        },
+        containment=containment,
+    )

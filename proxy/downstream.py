@@ -380,6 +380,10 @@ class ClientConnection(asyncio.Protocol):
             return 0.0
         return now - self.last_activity
 
+    def last_request(self) -> None:
+        """The server is stopping: answer what comes next with `Connection: close`."""
+        self.closing = True
+
     def shutdown(self) -> None:
         """The server is stopping: close now if idle, else once the request under way is done."""
         if self.active is None and self.reader.idle and self.tunnel is None:

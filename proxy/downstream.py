@@ -73,8 +73,8 @@ class ClientConnection(asyncio.Protocol):
         self.last_activity = ctx.now
         ctx.client_added(self)
         if ctx.stopping:
+            # Taken from the backlog at stop: its request is answered, then it closes.
             self.closing = True
-            transport.close()
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel

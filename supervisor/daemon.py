@@ -15,7 +15,7 @@ from config.model import Plan
 from . import systemd
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventBus
-from .instance import FINAL, UP, Instance, Runtime, State
+from .instance import UP, Instance, Runtime, State
 from .logs import LogHub
 from .nursery import Nursery
 from .ports import PortAllocator
@@ -27,7 +27,7 @@ from .sampler import Sampler, StatsSnapshot
 from .scope import Scopes
 from .service import Phase, Service, ServiceContext
 from .statefile import StateDir
-from .status import DaemonStatus, InstanceRow, daemon_status
+from .status import DaemonStatus, InstanceRow, daemon_status, settled, summary_line
 from .targets import Target
 from .traffic import Traffic
 from .venv import VenvBuilder
@@ -38,8 +38,6 @@ T = TypeVar("T")
 # A task that runs beside the daemon (the log printer of `corral up`, the file watcher):
 # started once the daemon is up, cancelled when it stops.
 Companion = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
-
-_SETTLED = frozenset({"failed", "completed", "stopped"})
 
 
 class Daemon:
@@ -77,6 +75,11 @@ class Daemon:
         self._reloader = Reloader(self)
         self._recorder = Recorder(
             self.state, self.token, self._recorded_pids, self._registry.scaled_counts
+        )
+        self.notifier = systemd.Notifier(
+            self.status_line,
+            lambda: settled(self.ps()),
+            lambda: any(s.phase is Phase.BUILDING for s in self.services.values()),
         )
         self.shutdown_requested = asyncio.Event()
         self.internal_errors = 0  # bugs caught in instance lives (tests assert none)
@@ -126,7 +129,7 @@ class Daemon:
                 try:
                     await self._start(control, ready, companions)
                     await self.shutdown_requested.wait()
-                    systemd.notify("STOPPING=1")
+                    self.notifier.stopping()
                 except Exception as exc:
                     failed = exc  # a start-up error: raised as itself, not as an ExceptionGroup
                 finally:
@@ -166,14 +169,13 @@ class Daemon:
         for service in self.services.values():
             service.bring_up()
         self._nursery.spawn(self._sampler.run(), "stats")
-        systemd.notify("READY=1", f"STATUS={self.status_line()}")
+        # READY=1 once every service is ready, completed or failed (not now: nothing is up yet).
+        self._nursery.spawn(self.notifier.run(), "systemd notifier")
         if ready is not None:
             ready()
         watchdog = systemd.watchdog_interval()
         if watchdog is not None:
-            # Pinged from the event loop itself: a wedged loop stops the pings and systemd
-            # restarts us, which is the point of WatchdogSec.
-            self._nursery.spawn(_watchdog(watchdog), "watchdog")
+            self._nursery.spawn(systemd.watchdog(watchdog), "watchdog")
         for name, make in companions:
             self._nursery.spawn(make(), name)
 
@@ -234,8 +236,7 @@ class Daemon:
         # The pid of a new process is known from its first state after STARTING; writing on
         # every change (coalesced per loop turn) keeps state.json current for a hard kill.
         self._recorder.soon()
-        if new is State.READY or new in FINAL:
-            systemd.notify(f"STATUS={self.status_line()}")
+        self.notifier.changed()
 
     async def drain(self, inst: Instance) -> None:
         await self.traffic.drain(inst)
@@ -245,6 +246,7 @@ class Daemon:
 
     def service_event(self, service: Service, new: str, detail: str) -> None:
         self._events.emit(Event("service", service=service.name, new=new, detail=detail))
+        self.notifier.changed()
 
     def _recorded_pids(self) -> dict[str, int]:
         return {inst.key: inst.pid for inst in self.instances() if inst.pid is not None}
@@ -280,9 +282,8 @@ class Daemon:
         return self.traffic.metrics()
 
     def status_line(self) -> str:
-        insts = self.instances()
-        up = sum(1 for i in insts if i.state in UP)
-        return f"{up}/{len(insts)} instances up"
+        """ "api 3/3 ready, worker 1/1 running": what systemd shows as the unit's Status."""
+        return summary_line(self.services.values())
 
     def status(self) -> DaemonStatus:
         plan = self.plan
@@ -304,7 +305,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             rows = self.ps()
-            if all(r["ready"] or r["state"] in _SETTLED for r in rows):
+            if settled(rows):
                 return rows
             await asyncio.sleep(0.05)
         return self.ps()
@@ -368,9 +369,3 @@ class Daemon:
     async def apply_plan(self, new: Plan) -> PlanDiff:
         """Move to `new`: a pure diff against the plan in force, applied through Service methods."""
         return await self._registry.apply(new)
-
-
-async def _watchdog(interval: float) -> None:
-    while True:
-        systemd.notify("WATCHDOG=1")
-        await asyncio.sleep(interval)

@@ -11,7 +11,7 @@ from config.model import Plan
 from config.units import format_duration
 
 from .sampler import ProcessSample, StatsSnapshot
-from .states import UP, Phase
+from .states import UP, Phase, State
 
 if TYPE_CHECKING:
     from .instance import Instance
@@ -138,6 +138,54 @@ def service_rows(service: Service, stats: StatsSnapshot, now: float) -> list[Ins
         placeholder_row(service.name, i, state=state, detail=service.error or phase, phase=phase)
         for i in range(1, service.desired + 1)
     ]
+
+
+# Rows in these states need no order to stay as they are (for `up -d` and for READY=1).
+SETTLED = frozenset({"failed", "completed", "stopped"})
+
+
+def settled(rows: Iterable[InstanceRow]) -> bool:
+    """Has the start converged: every instance up, completed, failed or stopped?"""
+    return all(r["ready"] or r["state"] in SETTLED for r in rows)
+
+
+_PHASE_WORDS = {
+    Phase.PENDING: "pending",
+    Phase.WAITING: "waiting for dependencies",
+    Phase.BUILDING: "building its venv",
+    Phase.FAILED: "failed",
+    Phase.HELD: "stopped",
+    Phase.STOPPED: "stopped",
+}
+
+
+def service_summary(service: Service) -> str:
+    """ "api 3/3 ready", "worker 1/1 running", "migrate 1/1 completed", "db failed"."""
+    word = _PHASE_WORDS.get(service.phase)
+    if word is not None:
+        return f"{service.name} {word}"
+    spec = service.spec
+    states = [inst.state for inst in service.instances.values()]
+    if spec.oneshot:
+        want, word = State.COMPLETED, "completed"
+    elif spec.has_port or spec.health is not None:
+        want, word = State.READY, "ready"
+    else:
+        want, word = State.RUNNING, "running"
+    text = f"{service.name} {states.count(want)}/{service.desired} {word}"
+    notes = [
+        f"{n} {state.value}"
+        for state in (State.FAILED, State.BACKOFF)
+        if (n := states.count(state))
+    ]
+    if service.phase is Phase.ROLLING:
+        notes.append("rolling")
+    return text + (f" ({', '.join(notes)})" if notes else "")
+
+
+def summary_line(services: Iterable[Service]) -> str:
+    """The one-line STATUS= systemd shows: every service's summary, in start order."""
+    return ", ".join(service_summary(s) for s in services) or "no services"
 
 
 def _detail(detail: str, retry_at: float | None, now: float) -> str:

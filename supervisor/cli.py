@@ -16,6 +16,7 @@ import config
 from .errors import ControlError, SupervisorError
 from .launch import cmd_daemon, cmd_up, setup_logging
 from .locate import client_for, load_plan
+from .logformat import FORMATS
 from .output import LogPrinter, print_json, ps_table, status_text
 
 Command = Callable[[argparse.Namespace], int]
@@ -330,6 +331,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=_seconds, default=120.0, help="-d: wait this long for ready")
     daemon = add("daemon", cmd_daemon, "run the daemon in the foreground (for systemd)")
     daemon.add_argument("--watch", action="store_true", help="restart services when files change")
+    for sp in (up, daemon):
+        sp.add_argument(
+            "--log-format",
+            choices=FORMATS,
+            default="text",
+            help="the daemon's own log lines: text (timestamped; <N> priorities for the "
+            "journal) or one JSON object per line",
+        )
     add("status", cmd_status, "the daemon: pid, config, uptime, proxy, services")
     add("ps", cmd_ps, "list instances")
     for name, helptext in (

@@ -165,7 +165,9 @@ class LogSink:
         self.hub.emit(LogRecord(time.time(), self.service, self.index, stream, line))
         # "corral" lines are the supervisor's own words, already logged by whoever wrote them.
         if stream != "corral" and self._child_log.isEnabledFor(logging.INFO):
-            self._child_log.info("%s %s", stream, line)
+            # The fields are for `--log-format json` (logformat.CHILD_FIELDS).
+            fields = {"service": self.service, "instance": self.index, "stream": stream}
+            self._child_log.info("%s %s", stream, line, extra=fields)
 
     async def pump(self, stream_name: str, reader: asyncio.StreamReader) -> None:
         """Copy `reader` line by line until EOF; lines over 64 KiB are split, not fatal."""

@@ -27,16 +27,17 @@ def read_dashboard(
     except ValueError:
         what = 'an address like "127.0.0.1:9100", ":9100" or 9100'
         raise table.error("listen", f"expected {what}, got {show(value)}") from None
-    _check_free(table, listen, services, proxy)
+    check_free(table, listen, services, proxy)
     return DashboardSpec(listen=listen)
 
 
-def _check_free(
+def check_free(
     table: Table,
     listen: tuple[str, int],
     services: Sequence[ServiceSpec],
     proxy: ProxySpec | None,
 ) -> None:
+    """Refuse a `listen` port the proxy or a service's fixed ports already use."""
     port = listen[1]
     if port == 0:
         return  # any free port, chosen at bind time

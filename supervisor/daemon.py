@@ -48,7 +48,7 @@ class Daemon:
         self.started = time.time()
         d = plan.daemon
         self.state = StateDir(d.state_dir, plan.path)
-        self._logs = LogHub(d.state_dir / "logs", d.log_max_bytes, d.log_keep, d.log_tail_lines)
+        self._logs = LogHub(d.logs_dir, d.log_max_bytes, d.log_keep, d.log_tail_lines)
         self._events = EventBus()
         self.traffic = Traffic()
         self._nursery = Nursery()

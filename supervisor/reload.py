@@ -36,6 +36,11 @@ PROCESS_FIELDS = frozenset(
         "auto_port",
         "health",
         "oneshot",
+        # How the process is started: setrlimit, setuid/setgid, its cgroup's caps.
+        "rlimits",
+        "cgroup",
+        "user",
+        "group",
     }
 )
 
@@ -114,6 +119,8 @@ def diff(old: Plan, new: Plan, venvs_changed: Collection[str] = ()) -> PlanDiff:
         needs_restart.append("proxy.listen")
     if old.dashboard != new.dashboard:
         needs_restart.append("dashboard.listen")
+    if old.metrics != new.metrics:
+        needs_restart.append("metrics.listen")
     return PlanDiff(
         added=added,
         removed=removed,

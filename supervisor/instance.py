@@ -15,7 +15,9 @@ from config.units import format_duration
 from .backoff import CrashHistory, Verdict, decide
 from .clock import SYSTEM_CLOCK, Clock
 from .logs import LogSink
+from .rlimits import Limit
 from .run import HOST, Outcome, ProcessRun
+from .runas import RunAs
 from .scope import Scope, Scopes
 from .states import FINAL, UP, State, check
 
@@ -67,8 +69,12 @@ class Instance:
         sink: LogSink,
         runtime: Runtime,
         generation: int = 0,
+        run_as: RunAs | None = None,
+        rlimits: tuple[Limit, ...] = (),
     ) -> None:
         self.spec = spec
+        self.run_as = run_as  # whom its processes run as (None: the daemon's user)
+        self.rlimits = rlimits  # setrlimit calls for its processes
         self.index = index
         self.port = port
         self.generation = generation

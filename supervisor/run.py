@@ -105,6 +105,8 @@ class ProcessRun:
                 cwd=inst.spec.cwd,
                 env=self._env,
                 cgroup_procs=scope.procs_file if scope is not None else None,
+                rlimits=inst.rlimits,
+                run_as=inst.run_as,
             )
         except SpawnError as exc:
             inst.sink.write("corral", str(exc))

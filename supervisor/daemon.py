@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from config.model import Plan
 
-from . import systemd
+from . import memory, systemd
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventBus
 from .instance import UP, Instance, Runtime, State
@@ -71,7 +71,9 @@ class Daemon:
             lookup=self._registry.get,
         )
         self._registry.use(self.ctx)
-        self._sampler = Sampler(self._pids, clock=clock)
+        self._sampler = Sampler(
+            self._pids, clock=clock, pace=self._memory_pace, observe=self._watch_memory
+        )
         self._reloader = Reloader(self)
         self._recorder = Recorder(
             self.state, self.token, self._recorded_pids, self._registry.scaled_counts
@@ -247,6 +249,17 @@ class Daemon:
     def service_event(self, service: Service, new: str, detail: str) -> None:
         self._events.emit(Event("service", service=service.name, new=new, detail=detail))
         self.notifier.changed()
+
+    def _memory_pace(self) -> float | None:
+        """Sample fast enough for the shortest memory_grace (three looks per grace)."""
+        graces = [s.spec.memory_grace for s in self.services.values() if s.spec.memory_limit]
+        return memory.pace(min(graces)) if graces else None
+
+    def _watch_memory(self, stats: StatsSnapshot) -> None:
+        for inst in self.instances():
+            if inst.spec.memory_limit is not None and inst.pid is not None:
+                if (sample := stats.processes.get(inst.pid)) is not None:
+                    inst.observe_memory(sample.rss_bytes)
 
     def _recorded_pids(self) -> dict[str, int]:
         return {inst.key: inst.pid for inst in self.instances() if inst.pid is not None}

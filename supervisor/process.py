@@ -210,6 +210,21 @@ def _ppid_map() -> dict[int, int]:
     return {p.pid: p.info["ppid"] for p in psutil.process_iter(["ppid"]) if p.info["ppid"]}
 
 
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and every live descendant's pid (`pid` first), from one shared /proc scan."""
+    try:
+        tree = _children_map()
+    except (OSError, psutil.Error):
+        return [pid]  # no fd to read /proc with: the process alone, this time
+    found = [pid]
+    todo = list(tree.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(tree.get(child, ()))
+    return found
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     """Every live descendant of pid (snapshot), for killing grandchildren that left the group.
 

@@ -30,6 +30,8 @@ class InstanceRow(TypedDict):
     ready: bool
     detail: str
     restarts: int
+    last_restart: str  # why it last restarted ("memory_limit: RSS 612MB above 512MB for 31s")
+    caps: str  # its cgroup caps: "" (none set), "memory.max=…", or "… not applied: why"
     uptime_s: float
     last_exit: int | None
     generation: int
@@ -47,6 +49,7 @@ class ServiceStatus(TypedDict):
     phase: str
     error: str | None
     venv: str | None
+    caps: str  # of its instances (as ps shows them), "" without cgroup caps
 
 
 class DaemonStatus(TypedDict):
@@ -76,6 +79,8 @@ def instance_row(
         ready=inst.state in UP,
         detail=_detail(inst.detail, inst.retry_at, now),
         restarts=inst.restarts,
+        last_restart=inst.last_restart,
+        caps=inst.scope.caps.note() if inst.scope is not None else "",
         uptime_s=round(inst.uptime, 3),
         last_exit=inst.last_exit,
         generation=inst.generation,
@@ -102,6 +107,8 @@ def placeholder_row(
         ready=False,
         detail=detail,
         restarts=0,
+        last_restart="",
+        caps="",
         uptime_s=0.0,
         last_exit=None,
         generation=0,
@@ -217,6 +224,10 @@ def daemon_status(
                 phase=s.phase.value,
                 error=s.error,
                 venv=str(s.venv) if s.venv else None,
+                caps=next(
+                    (i.scope.caps.note() for i in s.instances.values() if i.scope is not None),
+                    "",
+                ),
             )
             for s in services
         },

@@ -108,6 +108,11 @@ class Service:
         return self._venv
 
     @property
+    def venv_build_seconds(self) -> float | None:
+        """How long this daemon's last build of the service's venv took (None: none built)."""
+        return self._ctx.venvs.build_seconds.get(self.name)
+
+    @property
     def instances(self) -> Mapping[int, Instance]:
         return MappingProxyType(self._instances)
 

@@ -30,6 +30,7 @@ class InstanceRow(TypedDict):
     ready: bool
     detail: str
     restarts: int
+    restart_reasons: dict[str, int]  # restarts by why: {"exit": 2, "memory_limit": 1}
     last_restart: str  # why it last restarted ("memory_limit: RSS 612MB above 512MB for 31s")
     caps: str  # its cgroup caps: "" (none set), "memory.max=…", or "… not applied: why"
     uptime_s: float
@@ -49,6 +50,7 @@ class ServiceStatus(TypedDict):
     phase: str
     error: str | None
     venv: str | None
+    venv_build_s: float | None  # the last build's duration, in this daemon's life
     caps: str  # of its instances (as ps shows them), "" without cgroup caps
 
 
@@ -79,6 +81,7 @@ def instance_row(
         ready=inst.state in UP,
         detail=_detail(inst.detail, inst.retry_at, now),
         restarts=inst.restarts,
+        restart_reasons=dict(inst.restart_reasons),
         last_restart=inst.last_restart,
         caps=inst.scope.caps.note() if inst.scope is not None else "",
         uptime_s=round(inst.uptime, 3),
@@ -107,6 +110,7 @@ def placeholder_row(
         ready=False,
         detail=detail,
         restarts=0,
+        restart_reasons={},
         last_restart="",
         caps="",
         uptime_s=0.0,
@@ -224,6 +228,9 @@ def daemon_status(
                 phase=s.phase.value,
                 error=s.error,
                 venv=str(s.venv) if s.venv else None,
+                venv_build_s=(
+                    round(s.venv_build_seconds, 3) if s.venv_build_seconds is not None else None
+                ),
                 caps=next(
                     (i.scope.caps.note() for i in s.instances.values() if i.scope is not None),
                     "",

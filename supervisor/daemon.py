@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from config.model import Plan
 
-from . import memory, systemd
+from . import activation, memory, systemd
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventBus
 from .instance import UP, Instance, Runtime, State
@@ -163,9 +163,19 @@ class Daemon:
         self._recorder.now()
         # The proxy binds first: if its port is taken the daemon exits before it answers
         # on the control socket, so `up -d` reports the error instead of a half-started stack.
+        inherited = activation.take()  # socket activation: the proxy's listening sockets
         if self.plan.proxy is not None:
             self.traffic.configure(self.plan)
-            await self.traffic.start(self.plan.proxy)
+            await self.traffic.start(self.plan.proxy, inherited.for_proxy())
+            if inherited.sockets and set(self.traffic.addresses) != set(self.plan.proxy.listen):
+                log.warning(
+                    "proxy serves the sockets systemd passed (%s), not [proxy] listen (%s)",
+                    ", ".join(f"{h}:{p}" for h, p in self.traffic.addresses),
+                    ", ".join(f"{h}:{p}" for h, p in self.plan.proxy.listen),
+                )
+        elif inherited.sockets:
+            log.warning("socket activation: no [proxy] to serve the passed sockets; closing them")
+            inherited.close()
         await control.open()
         self._events.emit(Event("daemon", new="started", detail=str(self.plan.path)))
         for service in self.services.values():

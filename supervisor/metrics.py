@@ -93,7 +93,7 @@ def _instances(rows: list[InstanceRow]) -> list[str]:
             for reason, n in sorted(r["restart_reasons"].items())
         ),
     )
-    live = [r for r in rows if r["pid"]]
+    live = [r for r in rows if r["pid"] and r["rss_bytes"]]  # sampled at least once
     out += prom.family(
         "corral_instance_resident_memory_bytes",
         "gauge",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import pwd
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from .errors import SupervisorError
 WATCHDOG = 30  # seconds: the daemon pings every 15 s from its event loop
 RESTART_SEC = 2
 HOMES = (Path("/home"), Path("/root"), Path("/run/user"))
+TMPS = (Path("/tmp"), Path("/var/tmp"))
 STOP_MARGIN = 30  # seconds on top of the services' own drain and stop timeouts
 
 
@@ -74,9 +76,7 @@ def service_unit(
         "[Unit]",
         f"Description=Corral: {plan.project} ({plan.path})",
     ]
-    if user:
-        unit.append("After=default.target")
-    else:
+    if not user:  # (a user unit WantedBy=default.target must not also be After= it)
         unit += ["Wants=network-online.target", "After=network-online.target"]
     if socket:
         unit += [f"Requires={name}.socket", f"After={name}.socket"]
@@ -112,7 +112,7 @@ def service_unit(
         unit += [
             "ProtectSystem=strict",
             "ReadWritePaths=" + " ".join(_path(p) for p in _writable(plan, sub)),
-            "PrivateTmp=yes",
+            *_private_tmp(plan),
             f"ProtectHome={_protect_home(plan)}",
             "ProtectKernelModules=yes",
         ]
@@ -182,7 +182,7 @@ def install(files: list[UnitFile], directory: Path, user: bool) -> list[str]:
     commands = [f"{systemctl} daemon-reload", f"{systemctl} enable --now {start}"]
     if user:
         # Without lingering, a user manager (and the stack) stops at logout.
-        commands.append(f"loginctl enable-linger {os.environ.get('USER') or os.geteuid()}")
+        commands.append(f"loginctl enable-linger {os.environ.get('USER') or _login()}")
     return commands
 
 
@@ -215,6 +215,14 @@ def _writable(plan: Plan, sub: str) -> list[Path]:
     return kept
 
 
+def _private_tmp(plan: Plan) -> list[str]:
+    """PrivateTmp=yes, unless the project lives in /tmp (a private /tmp would hide it)."""
+    needed = [plan.path.parent, *(s.cwd for s in plan.services.values())]
+    if any(t == p or t in p.parents for p in needed for t in TMPS):
+        return ["# No PrivateTmp=: the project is under /tmp, which it would hide."]
+    return ["PrivateTmp=yes"]
+
+
 def _protect_home(plan: Plan) -> str:
     needed = [plan.path.parent, Path(sys.executable), *(s.cwd for s in plan.services.values())]
     needed += [Path(os.path.realpath(p)) for p in needed]
@@ -233,3 +241,10 @@ def _quote(arg: str) -> str:
     if arg and not any(c in arg for c in " \t\"'\\;$"):
         return arg
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _login() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())

@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+import config
+from supervisor import unit
 
 from .capabilities import require_tool
 from .conftest import PY, write_config
@@ -75,7 +80,7 @@ def test_the_system_units_have_what_the_issue_lists_and_verify(tmp_path: Path) -
         "Delegate=yes",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "PrivateTmp=yes",
+        "# No PrivateTmp=: the project is under /tmp, which it would hide.",
         "Requires=corral-shop-stack.socket",
         "TimeoutStopSec=40",  # 30 s of margin + the one service's drain and stop
         "WantedBy=multi-user.target",
@@ -102,6 +107,20 @@ def test_the_system_units_have_what_the_issue_lists_and_verify(tmp_path: Path) -
     broken = out / "corral-broken.service"
     broken.write_text(service.replace("KillMode=mixed", "KillMode=mixd"))
     assert "Failed to parse kill mode" in verify(analyze, [broken], user=False, runtime=tmp_path)
+
+
+def test_a_project_outside_tmp_gets_a_private_tmp() -> None:
+    home = Path.home()
+    project = Path(tempfile.mkdtemp(prefix=".corral-unit-test-", dir=home))  # not under /tmp
+    try:
+        plan = config.load(write_config(project, STACK))
+        lines = unit.service_unit(plan, user=False).splitlines()
+    finally:
+        shutil.rmtree(project)
+    assert "PrivateTmp=yes" in lines
+    assert f"ReadWritePaths={project}" in lines
+    if any(h in project.parents for h in unit.HOMES):
+        assert "ProtectHome=read-only" in lines  # under a home: hidden, it could not run
 
 
 def test_the_user_unit_verifies_and_installs_with_the_next_commands(tmp_path: Path) -> None:

@@ -19,16 +19,21 @@ def read_dashboard(
     table = top.table("dashboard", _ALLOWED)
     if table is None or not table.has("listen"):
         return DashboardSpec()
+    listen = read_listen(table, 9100)
+    check_free(table, listen, services, proxy)
+    return DashboardSpec(listen=listen)
+
+
+def read_listen(table: Table, example: int) -> tuple[str, int]:
+    """`table`'s `listen` address (the dashboard's, the metrics'); `example` port for errors."""
     value = table.data["listen"]
     try:
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise ValueError(value)
-        listen = parse_address(value)  # a bare port means 127.0.0.1: never the LAN by accident
+        return parse_address(value)  # a bare port means 127.0.0.1: never the LAN by accident
     except ValueError:
-        what = 'an address like "127.0.0.1:9100", ":9100" or 9100'
+        what = f'an address like "127.0.0.1:{example}", ":{example}" or {example}'
         raise table.error("listen", f"expected {what}, got {show(value)}") from None
-    check_free(table, listen, services, proxy)
-    return DashboardSpec(listen=listen)
 
 
 def check_free(

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from config.dashboard import check_free
+from config.dashboard import check_free, read_listen
 from config.model import DashboardSpec, MetricsSpec, ProxySpec, ServiceSpec
-from config.proxy import parse_address
 from config.render import format_address
-from config.table import Table, show
+from config.table import Table
 
 _ALLOWED = ("listen",)
 
@@ -23,14 +22,7 @@ def read_metrics(
     table = top.table("metrics", _ALLOWED)
     if table is None or not table.has("listen"):
         return MetricsSpec()
-    value = table.data["listen"]
-    try:
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ValueError(value)
-        listen = parse_address(value)  # a bare port means 127.0.0.1: never the LAN by accident
-    except ValueError:
-        what = 'an address like "127.0.0.1:9464", ":9464" or 9464'
-        raise table.error("listen", f"expected {what}, got {show(value)}") from None
+    listen = read_listen(table, 9464)
     check_free(table, listen, services, proxy)
     if dashboard.listen is not None and listen[1] != 0 and dashboard.listen[1] == listen[1]:
         raise table.error(

@@ -8,7 +8,6 @@ lets anyone change it, so it needs no token (as node_exporter's).
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -17,8 +16,8 @@ from config.render import format_address
 from proxy import prometheus as prom
 from proxy.prometheus import labels as _labels
 
-from .errors import SupervisorError
 from .states import State
+from .tcpsite import serve_tcp
 
 if TYPE_CHECKING:
     from .status import InstanceRow
@@ -140,19 +139,7 @@ class MetricsListener:
             return
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, listen[0], listen[1]).start()
-        except OSError as exc:
-            await runner.cleanup()
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise SupervisorError(
-                f"metrics cannot listen on {format_address(listen)}: {why}"
-            ) from exc
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.address = (str(host), int(port))
+        self._runner, self.address = await serve_tcp(app, listen, "metrics")
         log.info("metrics on http://%s/metrics", format_address(self.address))
 
     async def close(self) -> None:

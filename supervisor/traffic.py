@@ -6,6 +6,7 @@ The proxy knows nothing about processes; it is told "backend ready / draining / 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -62,12 +63,15 @@ class Traffic:
             if inst.routable and inst.spec.name in self.pools:
                 self._join(inst)
 
-    async def start(self, spec: ProxySpec) -> list[tuple[str, int]]:
+    async def start(
+        self, spec: ProxySpec, inherited: list[socket.socket] | None = None
+    ) -> list[tuple[str, int]]:
+        """Start the proxy on `spec.listen`, or on the sockets systemd handed over."""
         from proxy.server import ProxyServer
 
         server = ProxyServer(spec, self.router)
         try:
-            self.addresses = await server.start()
+            self.addresses = await server.start(inherited)
         except OSError as exc:
             where = ", ".join(f"{h}:{p}" for h, p in spec.listen)
             raise SupervisorError(f"proxy cannot listen on {where}: {exc.strerror or exc}") from exc

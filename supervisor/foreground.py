@@ -35,7 +35,7 @@ async def serve(plan: Plan, *, printer: LogPrinter | None, watch: bool = False) 
     reloader = Reloader(daemon)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, _on_stop_signal, daemon)
+        loop.add_signal_handler(sig, _on_stop_signal, daemon, sig)
     loop.add_signal_handler(signal.SIGHUP, reloader.reload_soon)
     companions: list[Companion] = []
     if printer is not None:
@@ -50,10 +50,12 @@ async def serve(plan: Plan, *, printer: LogPrinter | None, watch: bool = False) 
     return 0
 
 
-def _on_stop_signal(daemon: Daemon) -> None:
+def _on_stop_signal(daemon: Daemon, sig: signal.Signals) -> None:
     # Signal handlers only flip state: the daemon's run does the stopping.
     if not daemon.shutdown_requested.is_set():
-        log.warning("stopping (press Ctrl-C again to kill everything at once)")
+        # systemd and `kill` send SIGTERM: there is nobody at a keyboard to press Ctrl-C.
+        again = "press Ctrl-C again" if sig == signal.SIGINT else "send SIGTERM again"
+        log.warning("stopping on %s (%s to kill everything at once)", sig.name, again)
         daemon.request_shutdown()
     else:
         # As docker compose does: the second Ctrl-C means "now".

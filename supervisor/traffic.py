@@ -75,8 +75,7 @@ class Traffic:
         except OSError as exc:
             where = ", ".join(f"{h}:{p}" for h, p in spec.listen)
             raise SupervisorError(f"proxy cannot listen on {where}: {exc.strerror or exc}") from exc
-        self.server = server
-        log.info("proxy listening on %s", ", ".join(f"{h}:{p}" for h, p in self.addresses))
+        self.server = server  # proxy.server logs the addresses it listens on
         return self.addresses
 
     async def stop(self, grace: float) -> None:

@@ -8,7 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from config.checks import check_services
+from config.checks import check_autoscaled, check_services
 from config.daemon import read_daemon
 from config.dashboard import read_dashboard
 from config.errors import ConfigError
@@ -89,7 +89,9 @@ def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
     services = _read_services(top, file, root, environ)
     check_services(services, proxy, file)
     dashboard = read_dashboard(top, services, proxy)
-    services = _resolve_rolls(_default_route(services, proxy), proxy)
+    services = _default_route(services, proxy)
+    check_autoscaled(services, proxy, file)
+    services = _resolve_rolls(services, proxy)
     return Plan(
         path=config_path,
         project=project,

@@ -17,7 +17,7 @@ from config.model import RestartPolicy
 from .dockerfile import UID, judge_image, render_image
 from .model import Stack, Workload
 from .pods import WAITER, container, init_containers, job_dependencies, k8s_name, labels, seconds
-from .verdict import Findings, Verdict, judge_supervision
+from .verdict import Findings, Verdict, judge_fixed_scale, judge_supervision
 
 DIR = "k8s"
 
@@ -231,7 +231,12 @@ def judge_probes(w: Workload, found: Findings, *, startup: bool) -> None:
 def _judge(stack: Stack, w: Workload, found: Findings) -> None:
     spec, name = w.spec, w.name
     found.mapped(name, "name", f"object name {k8s_name(name)}")
-    found.mapped(name, "instances", "Job completions" if w.oneshot else "replicas")
+    found.mapped(
+        name,
+        "instances",
+        "Job completions" if w.oneshot else "see scale.min" if spec.scale else "replicas",
+    )
+    judge_fixed_scale(found, spec, "a Deployment")
     if spec.auto_port:
         found.approximated(name, "port", f'"auto": containerPort {w.port} ($PORT)')
     else:

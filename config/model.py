@@ -209,6 +209,9 @@ class ProxySpec:
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     idle_timeout: float = 4.0  # kept below common backend keep-alive timeouts (5 s)
+    header_timeout: float = 10.0  # a whole request head (docs/proxy.md says why 10 s)
+    body_timeout: float = 60.0  # between two reads of a request body (nginx's default)
+    send_timeout: float = 60.0  # between two writes a client accepts (nginx's default)
     retries: int = 2
     retry_idempotent_errors: bool = True
     max_body_size: int = 0  # 0 = unlimited
@@ -219,6 +222,7 @@ class ProxySpec:
     eject_cooldown: float = 10.0
     access_log: bool = False
     workers: int = 1
+    max_connections: int | None = None  # None: derived from RLIMIT_NOFILE (proxy/limits.py)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,8 +9,10 @@ from config.table import Table, show
 
 _ALLOWED = (
     *("listen", "timeouts", "retries", "retry_on_error", "max_body_size", "max_header_size"),
-    *("queue_timeout", "trusted_proxies", "eject", "access_log", "workers"),
+    *("queue_timeout", "trusted_proxies", "eject", "access_log", "workers", "max_connections"),
 )
+
+_TIMEOUTS = ("connect", "read", "idle", "header", "body", "send")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -20,7 +22,7 @@ def read_proxy(top: Table) -> ProxySpec | None:
     table = top.table("proxy", _ALLOWED)
     if table is None:
         return None
-    timeouts = table.table("timeouts", ("connect", "read", "idle")) or _empty(table, "timeouts")
+    timeouts = table.table("timeouts", _TIMEOUTS) or _empty(table, "timeouts")
     eject = table.table("eject", ("failures", "cooldown")) or _empty(table, "eject")
     header_size = table.size("max_header_size", 64 * 1024)
     if header_size <= 0:
@@ -30,6 +32,9 @@ def read_proxy(top: Table) -> ProxySpec | None:
         connect_timeout=timeouts.duration("connect", 5.0, positive=True),
         read_timeout=timeouts.duration("read", 60.0, positive=True),
         idle_timeout=timeouts.duration("idle", 4.0, positive=True),
+        header_timeout=timeouts.duration("header", 10.0, positive=True),
+        body_timeout=timeouts.duration("body", 60.0, positive=True),
+        send_timeout=timeouts.duration("send", 60.0, positive=True),
         retries=table.integer("retries", 2),
         retry_idempotent_errors=table.flag("retry_on_error", True),
         max_body_size=table.size("max_body_size", 0),
@@ -40,6 +45,9 @@ def read_proxy(top: Table) -> ProxySpec | None:
         eject_cooldown=eject.duration("cooldown", 10.0),
         access_log=table.flag("access_log", False),
         workers=table.integer("workers", 1, minimum=1),
+        max_connections=(
+            table.integer("max_connections", 1, minimum=1) if table.has("max_connections") else None
+        ),
     )
 
 

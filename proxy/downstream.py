@@ -1,28 +1,36 @@
-"""The client side: an asyncio.Protocol parsing HTTP/1.1 with httptools (the fast path).
+"""The client side: an asyncio.Protocol in front of the request reader (reader.py).
 
 Each request becomes an `Exchange`. Pipelined requests queue behind the active one and are
-answered in order. After a 101 the connection becomes a raw byte tunnel to the backend.
+answered in order; at most PIPELINE_DEPTH of them, then the reader keeps the rest of what
+the client sent unparsed and the socket is not read until the queue shrinks. After a 101 the
+connection becomes a raw byte tunnel to the backend. The client's deadlines (header, body,
+send, idle) are enforced here, from the server's sweeper.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 from collections import deque
 from typing import cast
 
-import httptools
-
 from . import fastpath, headers, request
-from .context import Context
-from .errors import BadRequest, ProxyError
-from .exchange import Exchange
-from .state import PAUSE_PIPELINE
-from .upstream import UpstreamConnection
+from .context import CLIENT_IDLE_TIMEOUT, Context
+from .errors import ClientTimeout, ProxyError
+from .exchange import PAUSE_PIPELINE, Exchange
+from .reader import RequestReader
+from .request import RequestFields, RequestHead
+from .tunnel import Tunnel
 
 log = logging.getLogger(__name__)
 
 LINGER = 2.0  # seconds to keep reading (and discarding) after answering an unread request
+# Parsed requests one connection may queue behind the one being answered. They are answered
+# one after another anyway, so parsing further ahead would only hold memory.
+PIPELINE_DEPTH = 8
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
 
 
 class ClientConnection(asyncio.Protocol):
@@ -31,23 +39,22 @@ class ClientConnection(asyncio.Protocol):
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.reader = RequestReader(self, ctx.max_header, ctx.now)
         self.peer = ""
         self.trusted = False
         self.local_host = b"localhost"
-        self.ex: Exchange | None = None  # being parsed
         self.active: Exchange | None = None  # being answered
         self.queue: deque[Exchange] = deque()
+        self.pipeline_full = False  # len(queue) >= PIPELINE_DEPTH (read by the reader)
         self.paused = 0
         self.write_paused = False
         self.closed = False
         self.closing = False  # no new requests; close when the active one is answered
         self.discarding = False  # answered early: swallow the rest of the request, then close
-        self.tunnel: UpstreamConnection | None = None
+        self.tunnel: Tunnel | None = None
         self.upgrading: Exchange | None = None
-        self.eof_seen = False  # the client half-closed a tunnel
-        self.last_activity = 0.0
-        self.header_bytes = 0
+        self.last_activity = 0.0  # the last read from the client
+        self.write_paused_since = 0.0
         self._fwd_host: bytes | None = None
         self._fwd_block = b""
 
@@ -64,8 +71,7 @@ class ClientConnection(asyncio.Protocol):
             host = f"[{local[0]}]" if ":" in str(local[0]) else str(local[0])
             self.local_host = f"{host}:{local[1]}".encode()
         self.last_activity = ctx.now
-        ctx.clients.add(self)
-        ctx.connections_total += 1
+        ctx.client_added(self)
         if ctx.stopping:
             self.closing = True
             transport.close()
@@ -73,44 +79,31 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
-            tunnel.write(data)
+            tunnel.backend.write(data)
             return
         if self.upgrading is not None:
-            self.upgrading.tunnel_data(data)
+            self.upgrading.early_data(data)
             return
-        self.last_activity = self.ctx.now
+        now = self.last_activity = self.ctx.now
+        reader = self.reader
         if (
-            self.ex is None
-            and self.active is None
+            self.active is None
+            and reader.idle
             and not self.closing
             and len(data) <= self.ctx.max_header
         ):
             simple = fastpath.simple_request(data)
             if simple is not None:
+                reader.head_since = 0.0  # a whole head: its deadline is met
                 self._simple_request(*simple)
                 return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgrade_requested(data[exc.args[0] :])
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if not isinstance(cause, ProxyError):
-                log.error("internal error handling a request from %s", self.peer, exc_info=cause)
-                cause = ProxyError("internal proxy error", 500)
-            self._parse_failed(cause)
-        except httptools.HttpParserError as exc:
-            self._parse_failed(BadRequest(f"malformed request: {exc}"))
+        reader.feed(data, now)
 
     def eof_received(self) -> bool:
         tunnel = self.tunnel
         if tunnel is not None:
-            if tunnel.eof_seen or tunnel.transport is None or not tunnel.transport.can_write_eof():
-                return False  # both directions are done: close, which ends the tunnel
             # Half-close travels through the tunnel; the backend may still be sending.
-            self.eof_seen = True
-            tunnel.transport.write_eof()
-            return True
+            return tunnel.client_sent_eof()
         # Like nginx (proxy_ignore_client_abort off): a client that stops sending while its
         # request is under way has gone; the backend request is abandoned and released.
         return False
@@ -118,128 +111,97 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.client_gone(self)
-        active = self.active
+        active, queue = self.active, self.queue
+        ex, _ = self.reader.stop()
+        # The parser and the transport refer back to this connection: without dropping them,
+        # every closed connection would wait for the cyclic garbage collector (and hold its
+        # memory until it runs).
+        self.reader.close()
+        self.transport = None
+        self.active = self.upgrading = None
+        self.tunnel = None
         if active is not None:
-            if active.tunnel_open:
+            if active.tunnel is not None:
                 active.end_tunnel()
             active.abort()
-        for ex in self.queue:
+        for queued in queue:
+            queued.abort()
+        queue.clear()
+        if ex is not None:
             ex.abort()
-        self.queue.clear()
-        if self.ex is not None:
-            self.ex.abort()
-        if self.tunnel is not None:
-            self.tunnel.close()
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        conn = self.active.conn if self.active is not None else None
-        if conn is not None:
-            conn.pause_reading(True)
+        self.write_paused_since = self.ctx.now
+        if self.active is not None:
+            self.active.client_writable(False)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        conn = self.active.conn if self.active is not None else None
-        if conn is not None:
-            conn.pause_reading(False)
+        self.write_paused_since = 0.0
+        if self.active is not None:
+            self.active.client_writable(True)
 
-    # --- request parsing (httptools callbacks) ------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.ex = Exchange(self)
-        self.header_bytes = 0
-
-    def on_url(self, url: bytes) -> None:
-        ex = self.ex
-        assert ex is not None
-        ex.target += url
-        self.header_bytes += len(url)
-        if self.header_bytes > self.ctx.max_header:
-            raise BadRequest("request target too long", 414)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        ex = self.ex
-        assert ex is not None
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.ctx.max_header:
-            raise BadRequest(f"request headers larger than {self.ctx.max_header} bytes", 431)
-        code = headers.REQUEST_SPECIAL.get(name.lower())
-        if code is None:
-            ex.lines.append(name + b": " + value + b"\r\n")
-        elif code == headers.HOST:
-            if ex.host is not None:
-                raise BadRequest("more than one Host header")
-            ex.host = value
-            ex.lines.append(name + b": " + value + b"\r\n")
-        elif code == headers.CONTENT_LENGTH:
-            ex.content_length = value
-        elif code == headers.TRANSFER_ENCODING:
-            ex.transfer_encoding = value
-        elif code == headers.CONNECTION:
-            ex.connection = value if ex.connection is None else ex.connection + b"," + value
-        elif code == headers.UPGRADE:
-            ex.upgrade_value = value
-        elif code == headers.EXPECT:
-            ex.lines.append(name + b": " + value + b"\r\n")
-        elif code == headers.XFF:
-            ex.xff = value if ex.xff is None else ex.xff + b", " + value
-        elif code == headers.XFP:
-            ex.xfp = value
-        elif code == headers.XFH:
-            ex.xfh = value
-        elif code == headers.FORWARDED:
-            ex.forwarded = value if ex.forwarded is None else ex.forwarded + b", " + value
-        # DROP: hop-by-hop, not forwarded
-
-    def on_headers_complete(self) -> None:
-        ex = self.ex
-        assert ex is not None
-        parser = self.parser
-        ex.method = parser.get_method()
-        ex.http10 = parser.get_http_version() == "1.0"
-        ex.keep_alive = parser.should_keep_alive() and not self.closing
-        ex.upgrade = parser.should_upgrade()
+    # --- what the reader reports (reader.Owner) ------------------------------------------------
+    def request_parsed(self, fields: RequestFields) -> Exchange:
+        """A request head arrived: its exchange (answered in turn; its body goes to it)."""
+        fields.keep_alive = fields.keep_alive and not self.closing
         try:
-            request.prepare(self, ex)
+            head = request.prepare(
+                fields,
+                router=self.ctx.router,
+                max_body=self.ctx.max_body,
+                local_host=self.local_host,
+                forwarded=self.forwarded,
+            )
+            ex = Exchange(self, head)
         except ProxyError as err:
-            ex.error = err
-            ex.keep_alive = False
+            ex = Exchange(self, RequestHead.rejected(fields), err)
         if self.discarding or (self.closing and self.active is not None):
             ex.done = True  # no new work on a closing connection; its body is ignored
-            return
-        self._enqueue(ex)
+        else:
+            self._enqueue(ex)
+        return ex
 
-    def on_body(self, body: bytes) -> None:
-        ex = self.ex
-        if ex is not None:
-            ex.body(body)
-
-    def on_message_complete(self) -> None:
-        ex = self.ex
-        self.ex = None
-        if ex is not None:
-            ex.request_done()
+    def request_ended(self) -> None:
         if self.discarding and self.active is None and self.transport is not None:
             self.transport.close()
 
+    def hold_input(self, on: bool) -> None:
+        if on:
+            self.set_paused(PAUSE_PIPELINE, True)
+        elif not self.queue:
+            self.set_paused(PAUSE_PIPELINE, False)
+
     def _simple_request(self, method: bytes, target: bytes, block: bytes, host: bytes) -> None:
         # A whole bodiless request in one read (fastpath.simple_request): no parser callbacks.
-        ex = Exchange(self)
-        request.prepare_simple(self, ex, method, target, block, host)
+        path, _, _ = target.partition(b"?")
+        route = self.ctx.router.lookup(host, path)
+        if route is None:
+            fields = RequestFields()
+            fields.method, fields.target = method, target
+            ex = Exchange(self, RequestHead.rejected(fields), request.no_route(host, path))
+        else:
+            head = request.prepare_simple(
+                method, target, block, host, route, self.forwarded(None, host)
+            )
+            ex = Exchange(self, head)
+        ex.req_done = True
         self.active = ex
         ex.start()
 
-    def forwarded(self, ex: Exchange, host: bytes | None) -> bytes:
-        """X-Forwarded-* and Forwarded lines for `ex` (cached per connection when possible)."""
+    def forwarded(self, fields: RequestFields | None, host: bytes | None) -> bytes:
+        """X-Forwarded-* and Forwarded lines for a request (cached per connection when possible)."""
         if self.trusted:
             return headers.forwarded_block(
                 self.peer,
                 host,
                 b"http",
                 trusted=True,
-                xff=ex.xff,
-                xfp=ex.xfp,
-                xfh=ex.xfh,
-                forwarded=ex.forwarded,
+                xff=fields.xff if fields else None,
+                xfp=fields.xfp if fields else None,
+                xfh=fields.xfh if fields else None,
+                forwarded=fields.forwarded if fields else None,
             )
         if host != self._fwd_host or not self._fwd_block:
             self._fwd_host = host
@@ -253,6 +215,7 @@ class ClientConnection(asyncio.Protocol):
             ex.start()
         else:
             self.queue.append(ex)
+            self.pipeline_full = len(self.queue) >= PIPELINE_DEPTH
             self.set_paused(PAUSE_PIPELINE, True)
 
     def exchange_finished(self, ex: Exchange, *, close: bool, abort: bool = False) -> None:
@@ -265,21 +228,30 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or self.closed:
             return
         if abort:
-            transport.abort()
+            self.reset()
             return
         if close or self.closing:
             self.closing = True
-            if ex.req_done or ex.tunnel_open or self.tunnel is not None:
+            if ex.req_done or ex.tunnel is not None or self.tunnel is not None:
                 transport.close()
             else:
                 self._linger()
             return
         if self.queue:
             nxt = self.queue.popleft()
-            if not self.queue:
-                self.set_paused(PAUSE_PIPELINE, False)
+            self.pipeline_full = False
             self.active = nxt
+            if self.reader.holding:
+                # Room in the pipeline again; parsed on the next turn of the loop, since this
+                # may run inside a parser callback.
+                asyncio.get_running_loop().call_soon(self._resume_reading)
+            elif not self.queue:
+                self.set_paused(PAUSE_PIPELINE, False)
             nxt.start()
+
+    def _resume_reading(self) -> None:
+        if not self.closed:
+            self.reader.resume(self.ctx.now)
 
     def _linger(self) -> None:
         # Closing while the client is still sending would reset the connection and could
@@ -288,14 +260,15 @@ class ClientConnection(asyncio.Protocol):
         for ex in self.queue:
             ex.abort()
         self.queue.clear()
+        self.pipeline_full = False
         self.set_paused(~0, False)
         asyncio.get_running_loop().call_later(LINGER, self.close)
 
-    def _parse_failed(self, err: ProxyError) -> None:
+    def parse_failed(self, err: ProxyError) -> None:
+        """The request stream is broken (malformed, too large, too slow): answer and close."""
         self.closing = True
-        ex = self.ex
-        self.ex = None
-        if ex is not None and ex.route is not None and ex.error is None:
+        ex, fields = self.reader.stop()
+        if ex is not None and ex.error is None:
             # Headers were fine and the request is under way; its body was not.
             ex.req_done = True
             if ex is self.active:
@@ -304,28 +277,28 @@ class ClientConnection(asyncio.Protocol):
                 ex.error = err  # queued: answered in its turn
         else:
             if ex is None:
-                ex = Exchange(self)
+                ex = Exchange(self, RequestHead.rejected(fields), err)
             ex.error = err
-            ex.keep_alive = False
             ex.req_done = True
             if ex is not self.active and ex not in self.queue:
                 self._enqueue(ex)
         if self.active is None and not self.queue:
             self.close()
 
-    def _upgrade_requested(self, extra: bytes) -> None:
-        ex = self.active if self.active is not None and self.active.upgrade else None
+    def upgrade_requested(self, extra: bytes) -> None:
+        active = self.active
+        ex = active if active is not None and active.head.upgrade else None
         if ex is None or ex.done or ex.error is not None:
             self.closing = True  # a rejected upgrade: nothing more on this connection
             return
         self.upgrading = ex
         if extra:
-            ex.tunnel_data(extra)
+            ex.early_data(extra)
 
-    def start_tunnel(self, conn: UpstreamConnection) -> None:
+    def start_tunnel(self, tunnel: Tunnel) -> None:
         """The backend accepted the upgrade: copy bytes both ways from now on."""
         self.upgrading = None
-        self.tunnel = conn
+        self.tunnel = tunnel
 
     # --- output and flow control ---------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -346,12 +319,59 @@ class ClientConnection(asyncio.Protocol):
             transport.pause_reading()
         elif not new:
             transport.resume_reading()
+            # The client's deadlines did not run while it was not read: they start afresh.
+            now = self.last_activity = self.ctx.now
+            if self.reader.head_since:
+                self.reader.head_since = now
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
             self.transport.close()
 
-    def idle_for(self, now: float) -> float:
+    # --- the server's side (context.Connection) --------------------------------------------------
+    def sweep(self, now: float) -> None:
+        """Enforce the timeouts (called about once a second by the server's sweeper)."""
+        ctx = self.ctx
+        if self.write_paused_since and now - self.write_paused_since > ctx.send_timeout:
+            self._stopped_reading()
+            return
+        ex = self.active
+        if ex is not None and ex.conn is not None and ex.read_timed_out(now):
+            return
+        reader = self.reader
+        if self.paused or reader.failed or self.tunnel is not None or self.upgrading is not None:
+            return  # the proxy is not reading from this client: its deadlines wait
+        if reader.ex is not None:
+            if now - self.last_activity > ctx.body_timeout:
+                ctx.count_client_timeout("body")
+                self.parse_failed(ClientTimeout(f"request body stalled for {ctx.body_timeout:g}s"))
+        elif reader.head_since:
+            if now - reader.head_since > ctx.header_timeout:
+                ctx.count_client_timeout("header")
+                if not reader.head_started:
+                    self.close()  # not one byte of a request: nothing to answer
+                else:
+                    self.parse_failed(
+                        ClientTimeout(f"request head not received within {ctx.header_timeout:g}s")
+                    )
+        elif self._idle_for(now) > CLIENT_IDLE_TIMEOUT:
+            self.close()
+
+    def _stopped_reading(self) -> None:
+        # The client's fault: its backend is released without a failure, and the cut is a
+        # reset, so that a response delimited by the connection's end never looks complete.
+        ctx = self.ctx
+        ctx.count_client_timeout("send")
+        what = self.active.describe() if self.active is not None else "no request"
+        log.info(
+            "client %s stopped reading for %gs: connection reset (%s)",
+            self.peer,
+            ctx.send_timeout,
+            what,
+        )
+        self.reset()
+
+    def _idle_for(self, now: float) -> float:
         """Seconds without progress from the client, 0 when an answer is under way."""
         if self.tunnel is not None or self.upgrading is not None:
             return 0.0
@@ -359,3 +379,28 @@ class ClientConnection(asyncio.Protocol):
         if active is not None and (active.req_done or active.error is not None):
             return 0.0
         return now - self.last_activity
+
+    def shutdown(self) -> None:
+        """The server is stopping: close now if idle, else once the request under way is done."""
+        if self.active is None and self.reader.idle and self.tunnel is None:
+            self.close()
+        else:
+            self.closing = True
+
+    def abort(self) -> None:
+        """Close at once, discarding anything unsent."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def reset(self) -> None:
+        """Close at once with a TCP reset: the client cannot mistake a cut for an end."""
+        transport = self.transport
+        if transport is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass  # closing already
+        transport.abort()

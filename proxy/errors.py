@@ -1,8 +1,16 @@
-"""Errors the proxy raises or answers with.
+"""Errors the proxy answers with: one tree, each class with its HTTP status.
 
-ProxyError
-  ├ BadRequest        the client's request cannot be forwarded as sent (answered 4xx/501)
-  └ UpstreamError     no usable answer from a backend (answered 502 / 503 / 504)
+ProxyError                 base; `status` is what the proxy answers, `detail` says why
+  ├ ClientError            the client's fault (4xx): never charged to a backend
+  │   ├ BadRequest         cannot be forwarded as sent (400, 404, 405, 413, 414, 431, 501)
+  │   └ ClientTimeout      the head or body did not arrive in time (408)
+  └ UpstreamError          no usable answer from a backend (502: refused, reset, malformed)
+      ├ NoBackend          no ready backend in the pool (503)
+      └ UpstreamTimeout    no response within `timeouts.read` (504)
+
+They are raised in the parser callbacks and caught where the connection feeds its parser
+(downstream.py), or built by the exchange and answered (`Exchange.answer`); none reaches the
+event loop. Wrong arguments to the proxy's API raise ValueError, as usual in Python.
 
 Responses the proxy writes itself carry ``Server: corral`` and ``Via: 1.1 corral`` so that they
 can be told apart from a backend's own 5xx.
@@ -30,16 +38,38 @@ class ProxyError(Exception):
         return str(self.args[0])
 
 
-class BadRequest(ProxyError):
-    """The client sent something the proxy will not forward (400, 405, 413, 414, 431, 501)."""
+class ClientError(ProxyError):
+    """The client's request or behaviour ended the exchange (4xx)."""
 
     status = 400
 
 
+class BadRequest(ClientError):
+    """The client sent something the proxy will not forward (400, 404, 405, 413, 414, 431, 501)."""
+
+
+class ClientTimeout(ClientError):
+    """The request head or body stalled past `timeouts.header` / `timeouts.body` (408)."""
+
+    status = 408
+
+
 class UpstreamError(ProxyError):
-    """No backend produced a response (502 unreachable, 503 none ready, 504 timed out)."""
+    """No backend produced a usable response (502: unreachable, closed, malformed)."""
 
     status = 502
+
+
+class NoBackend(UpstreamError):
+    """The pool has no ready backend (503): none came within the queue timeout, or none can."""
+
+    status = 503
+
+
+class UpstreamTimeout(UpstreamError):
+    """The backend went silent for longer than `timeouts.read` (504)."""
+
+    status = 504
 
 
 def render(status: int, detail: str, *, close: bool, head_only: bool = False) -> bytes:

@@ -28,7 +28,8 @@ REQUEST_SPECIAL: dict[bytes, int] = {
     b"proxy-connection": DROP,
     b"te": DROP,
     b"trailer": DROP,
-    b"proxy-authorization": DROP,
+    # Proxy-Authorization is not dropped: only a proxy that asked for credentials consumes
+    # them (RFC 9110 §11.7.2) and this one never asks; nginx forwards it too.
     b"proxy-authenticate": DROP,
     b"x-forwarded-for": XFF,
     b"x-forwarded-proto": XFP,
@@ -49,6 +50,11 @@ RESPONSE_SPECIAL: dict[bytes, int] = {
     b"proxy-authenticate": DROP,
     b"proxy-authorization": DROP,
 }
+
+# What a Connection header may not declare hop-by-hop: Host is end-to-end by definition (and
+# what the request was routed by), a response's Content-Length is its framing.
+KEEP_REQUEST = frozenset({b"host"})
+KEEP_RESPONSE = frozenset({b"content-length"})
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 

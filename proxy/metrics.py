@@ -3,26 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 
+from . import prometheus as prom
+from .backend import LATENCY_BUCKETS
 from .context import Context
-from .pool import LATENCY_BUCKETS
 from .router import STATUS_CLASSES, Router
-
-
-def _labels(**labels: str) -> str:
-    def esc(v: str) -> str:
-        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in labels.items()) + "}"
-
-
-def _family(name: str, kind: str, help_text: str, samples: Iterable[str]) -> list[str]:
-    return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples]
-
-
-def _le(bound: float) -> str:
-    return "+Inf" if math.isinf(bound) else f"{bound:g}"
 
 
 def render(ctx: Context, router: Router) -> str:
@@ -32,12 +17,12 @@ def render(ctx: Context, router: Router) -> str:
 
     def per_backend(name: str, kind: str, help_text: str, attr: str) -> None:
         out.extend(
-            _family(
+            prom.family(
                 name,
                 kind,
                 help_text,
                 (
-                    f"{name}{_labels(pool=p, backend=b.key, addr=b.addr)} {int(getattr(b, attr))}"
+                    f"{name}{prom.labels(pool=p, backend=b.key, addr=b.addr)} {int(getattr(b, attr))}"
                     for p, b in backends
                 ),
             )
@@ -61,21 +46,21 @@ def render(ctx: Context, router: Router) -> str:
         cumulative = 0
         for bound, count in zip([*LATENCY_BUCKETS, math.inf], b.latency_buckets, strict=True):
             cumulative += count
-            labels = _labels(pool=p, backend=b.key, addr=b.addr, le=_le(bound))
+            labels = prom.labels(pool=p, backend=b.key, addr=b.addr, le=prom.le(bound))
             samples.append(f"{hist}_bucket{labels} {cumulative}")
-        labels = _labels(pool=p, backend=b.key, addr=b.addr)
+        labels = prom.labels(pool=p, backend=b.key, addr=b.addr)
         samples.append(f"{hist}_sum{labels} {b.latency_sum:.6f}")
         samples.append(f"{hist}_count{labels} {b.latency_count}")
-    out.extend(_family(hist, "histogram", "Time from dispatch to end of response.", samples))
+    out.extend(prom.family(hist, "histogram", "Time from dispatch to end of response.", samples))
     route_samples = []
     for route in router.routes():
         for cls, count in zip(STATUS_CLASSES, route.counts, strict=True):
-            labels = _labels(
+            labels = prom.labels(
                 pool=route.pool.name, host=route.spec.host or "", path=route.prefix, code=cls
             )
             route_samples.append(f"corral_proxy_route_responses_total{labels} {count}")
     out.extend(
-        _family(
+        prom.family(
             "corral_proxy_route_responses_total",
             "counter",
             "Responses per route by status class.",
@@ -83,18 +68,29 @@ def render(ctx: Context, router: Router) -> str:
         )
     )
     out.extend(
-        _family(
+        prom.family(
             "corral_proxy_errors_total",
             "counter",
             "Responses written by the proxy itself, by status.",
             (
-                f"corral_proxy_errors_total{_labels(status=str(s))} {n}"
+                f"corral_proxy_errors_total{prom.labels(status=str(s))} {n}"
                 for s, n in sorted(ctx.errors.items())
             ),
         )
     )
     out.extend(
-        _family(
+        prom.family(
+            "corral_proxy_client_timeouts_total",
+            "counter",
+            "Client connections ended by the header, body or send timeout.",
+            (
+                f"corral_proxy_client_timeouts_total{prom.labels(kind=k)} {n}"
+                for k, n in sorted(ctx.client_timeouts.items())
+            ),
+        )
+    )
+    out.extend(
+        prom.family(
             "corral_proxy_client_connections",
             "gauge",
             "Open client connections.",
@@ -102,7 +98,31 @@ def render(ctx: Context, router: Router) -> str:
         )
     )
     out.extend(
-        _family(
+        prom.family(
+            "corral_proxy_max_connections",
+            "gauge",
+            "Client connections the proxy holds before it stops accepting.",
+            [f"corral_proxy_max_connections {ctx.max_connections}"],
+        )
+    )
+    out.extend(
+        prom.family(
+            "corral_proxy_accept_pauses_total",
+            "counter",
+            "Times the proxy stopped accepting because it held max_connections.",
+            [f"corral_proxy_accept_pauses_total {ctx.accept_pauses}"],
+        )
+    )
+    out.extend(
+        prom.family(
+            "corral_proxy_backend_connections",
+            "gauge",
+            "Open connections to backends (in use and idle).",
+            [f"corral_proxy_backend_connections {ctx.upstream_open}"],
+        )
+    )
+    out.extend(
+        prom.family(
             "corral_proxy_client_connections_total",
             "counter",
             "Client connections accepted.",

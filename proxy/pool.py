@@ -3,148 +3,36 @@
 The pool is told about membership and readiness (by the daemon, or by `run_standalone`); it
 answers `pick` with a backend the balancing strategy chose among the eligible ones. It also keeps
 each backend's idle keep-alive connections and counters.
+
+When no backend is eligible, what a request does is the pool owner's call (`when_empty`):
+queue while instances are on their way, or fail at once when none can come. Scale from zero
+(issue 11) adds a third answer: hold the request while an autoscaler starts one; the waiting
+requests are already counted here (`queued`), which is the demand it needs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
+import enum
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
 from config.model import Balance, HashKey
 
+from .backend import LATENCY_BUCKETS, Backend
 from .balance import Strategy, strategy_for
 
 log = logging.getLogger(__name__)
 
-# Upper bounds (seconds) of the latency histogram buckets, Prometheus style (+Inf implied).
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-MAX_IDLE_PER_BACKEND = 256
 
+class WhenEmpty(enum.Enum):
+    """What a request does when its pool has no eligible backend."""
 
-class IdleConnection(Protocol):
-    """What the pool needs from a pooled upstream connection."""
-
-    idle_since: float
-
-    def usable(self) -> bool: ...
-    def close(self) -> None: ...
-
-
-class Backend:
-    """One upstream address with its state, counters and idle keep-alive connections."""
-
-    __slots__ = (
-        "_zero",
-        "addr",
-        "consecutive_failures",
-        "draining",
-        "ejected_until",
-        "failures",
-        "host",
-        "idle",
-        "in_flight",
-        "key",
-        "latency_buckets",
-        "latency_count",
-        "latency_sum",
-        "pool_name",
-        "port",
-        "ready",
-        "removed",
-        "requests",
-        "weight",
-    )
-
-    def __init__(self, pool_name: str, key: str, host: str, port: int, weight: int) -> None:
-        if weight < 1:
-            raise ValueError(f"weight must be >= 1, got {weight}")
-        self.pool_name = pool_name
-        self.key = key
-        self.host = host
-        self.port = port
-        self.addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.weight = weight
-        self.ready = False
-        self.draining = False
-        self.removed = False
-        self.in_flight = 0
-        self.requests = 0
-        self.failures = 0
-        self.consecutive_failures = 0
-        self.ejected_until = 0.0
-        self.idle: list[IdleConnection] = []
-        self.latency_buckets = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.latency_sum = 0.0
-        self.latency_count = 0
-        self._zero: list[asyncio.Future[None]] = []
-
-    @property
-    def accepting(self) -> bool:
-        """Whether new requests (and returning keep-alive connections) are welcome."""
-        return self.ready and not self.draining and not self.removed
-
-    def release(self) -> None:
-        """One request (or tunnel) on this backend ended."""
-        self.in_flight -= 1
-        if self.in_flight == 0 and self._zero:
-            for fut in self._zero:
-                if not fut.done():
-                    fut.set_result(None)
-            self._zero.clear()
-
-    def observe(self, seconds: float) -> None:
-        """Count one completed request and its latency."""
-        self.requests += 1
-        self.latency_sum += seconds
-        self.latency_count += 1
-        self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-
-    def take_idle(self, now: float, max_idle: float) -> IdleConnection | None:
-        """The most recently used idle connection still fit for use, or None."""
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if now - conn.idle_since < max_idle and conn.usable():
-                return conn
-            conn.close()
-        return None
-
-    def put_idle(self, conn: IdleConnection) -> bool:
-        """Keep `conn` for reuse; False (caller closes it) when not wanted."""
-        if not self.accepting or len(self.idle) >= MAX_IDLE_PER_BACKEND:
-            return False
-        self.idle.append(conn)
-        return True
-
-    def discard(self, conn: IdleConnection) -> None:
-        """An idle connection was closed by the backend."""
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            pass
-
-    def close_idle(self, older_than: float | None = None) -> None:
-        """Close idle connections (all, or those idle since before `older_than`)."""
-        keep = []
-        for conn in self.idle:
-            if older_than is None or conn.idle_since < older_than:
-                conn.close()
-            else:
-                keep.append(conn)
-        self.idle = keep
-
-    async def wait_idle(self) -> None:
-        """Return once no request or tunnel is in flight."""
-        if self.in_flight > 0:
-            fut = asyncio.get_running_loop().create_future()
-            self._zero.append(fut)
-            await fut
+    QUEUE = "queue"  # backends are on their way (starting, restarting): wait up to queue_timeout
+    FAIL = "fail"  # none can come without an order: 503 at once, saying why
 
 
 class Pool:
@@ -169,6 +57,8 @@ class Pool:
         self._active: tuple[Backend, ...] = ()
         self._next_expiry = math.inf
         self._waiters: list[asyncio.Future[None]] = []
+        self.when_empty = WhenEmpty.QUEUE
+        self.empty_reason = ""  # why no backend can come (WhenEmpty.FAIL)
 
     # --- membership (called by the daemon) -------------------------------------------------
     def add(self, key: str, host: str, port: int, weight: int = 1) -> None:
@@ -224,6 +114,15 @@ class Pool:
             self._retire(b)
             self._refresh()
 
+    def set_when_empty(self, when: WhenEmpty, reason: str = "") -> None:
+        """Say what requests do while no backend is eligible; FAIL answers waiting ones now."""
+        if when is WhenEmpty.FAIL and when is not self.when_empty:
+            log.info("pool %s: no backend can come: %s", self.name, reason)
+        self.when_empty = when
+        self.empty_reason = reason
+        if when is WhenEmpty.FAIL:
+            self._wake()
+
     def reconfigure(self, balance: Balance, hash_key: HashKey) -> None:
         """Switch strategy (config reload); in-flight requests are unaffected."""
         if balance is not self.balance:
@@ -247,7 +146,10 @@ class Pool:
         return self._strategy.pick(active, key)
 
     async def wait_ready(self, timeout: float) -> bool:
-        """Wait up to `timeout` for some backend to become eligible; True if one is."""
+        """Wait up to `timeout` for some backend to become eligible; True if one is.
+
+        Returns False early when the pool is told that none can come (WhenEmpty.FAIL).
+        """
         if self._active:
             return True
         fut = asyncio.get_running_loop().create_future()
@@ -256,11 +158,11 @@ class Pool:
             async with asyncio.timeout(timeout):
                 await fut
         except TimeoutError:
-            return bool(self._active)
+            pass
         finally:
             if fut in self._waiters:
                 self._waiters.remove(fut)
-        return True
+        return bool(self._active)
 
     @property
     def queued(self) -> int:
@@ -348,7 +250,10 @@ class Pool:
             self._active = active
             self._strategy.reset(active)
         if active and self._waiters:
-            for fut in self._waiters:
-                if not fut.done():
-                    fut.set_result(None)
-            self._waiters.clear()
+            self._wake()
+
+    def _wake(self) -> None:
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self._waiters.clear()

@@ -1,114 +1,174 @@
-"""From a parsed client request to the bytes sent upstream: checks, routing, header rewrite.
+"""From a parsed client request to the head sent upstream: checks, routing, header rewrite.
 
-Hop-by-hop headers were already dropped by the parser callbacks (downstream.py); here the
-request is validated (framing, Host, size), routed, and its head assembled once, so a retry on
-another backend resends the same bytes.
+The parser callbacks (downstream.py) collect a `RequestFields`, dropping hop-by-hop headers as
+they go; `prepare` validates it, routes it and builds the upstream head once, as an immutable
+`RequestHead`, so a retry on another backend resends the same bytes.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import httptools
 
-from . import headers
+from . import framing, headers
 from .errors import BadRequest
+from .router import Route, Router
 
-if TYPE_CHECKING:
-    from .downstream import ClientConnection
-    from .exchange import Exchange
+# Builds a NamedTuple without its Python-level __new__ (a third of the cost, once per request).
+_new = tuple.__new__
+
+# Connection tokens that name no header to strip, or one that must stay.
+_NOT_NAMED = frozenset({b"close", b"keep-alive", b"upgrade"}) | headers.KEEP_REQUEST
+
+# Builds the X-Forwarded-* / Forwarded lines for a request (per connection, see downstream.py).
+Forwarded = Callable[["RequestFields | None", bytes | None], bytes]
 
 
-def prepare(client: ClientConnection, ex: Exchange) -> None:
-    """Validate a parsed request, route it and build its upstream head; raises ProxyError."""
-    ctx = client.ctx
-    method = ex.method
+class RequestFields:
+    """What the parser callbacks collect from one request head; class attributes are defaults."""
+
+    method = b""
+    target = b""
+    http10 = False
+    keep_alive = True
+    upgrade = False
+    host: bytes | None = None
+    content_length: bytes | None = None
+    transfer_encoding: bytes | None = None
+    connection: bytes | None = None
+    upgrade_value: bytes | None = None
+    xff: bytes | None = None
+    xfp: bytes | None = None
+    xfh: bytes | None = None
+    forwarded: bytes | None = None
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []  # end-to-end header lines, as received
+
+
+class RequestHead(NamedTuple):
+    """One request as it is forwarded: checked, routed, its upstream head built.
+
+    A NamedTuple: immutable, and built in a fraction of a frozen dataclass's time, which
+    matters once per request.
+    """
+
+    method: bytes
+    target: bytes  # as the client sent it (logs)
+    http10: bool
+    keep_alive: bool  # the client wants its connection kept
+    upgrade: bool  # the client asked for a protocol upgrade
+    idempotent: bool  # safe to resend (RFC 9110 §9.2.2)
+    body: int  # framing.NONE | LENGTH | CHUNKED
+    route: Route | None  # None for a request the proxy answers itself
+    lines: Sequence[bytes]  # the client's end-to-end header lines (hash keys are read here)
+    data: bytes  # the head sent upstream
+
+    @classmethod
+    def rejected(cls, fields: RequestFields | None = None) -> RequestHead:
+        """The head of a request answered by the proxy itself (never forwarded)."""
+        if fields is None:
+            return cls(b"", b"", False, False, False, False, framing.NONE, None, (), b"")
+        return cls(
+            fields.method,
+            fields.target,
+            fields.http10,
+            False,
+            fields.upgrade,
+            False,
+            framing.NONE,
+            None,
+            (),
+            b"",
+        )
+
+
+def prepare(
+    fields: RequestFields,
+    *,
+    router: Router,
+    max_body: int,
+    local_host: bytes,
+    forwarded: Forwarded,
+) -> RequestHead:
+    """Validate a parsed request, route it and build its upstream head; raises BadRequest."""
+    method = fields.method
     if method == b"CONNECT":
         raise BadRequest("CONNECT is not supported by this reverse proxy", 405)
-    ex.idempotent = method in headers.IDEMPOTENT
-    ex.replay = [] if ex.idempotent else None
-    te = ex.transfer_encoding
-    if te is not None:
-        if te.strip().lower() != b"chunked":
-            raise BadRequest(f"unsupported Transfer-Encoding {te.decode('latin-1')!r}", 501)
-        ex.chunked_in = True
-    elif ex.content_length is not None:
-        if ctx.max_body and int(ex.content_length) > ctx.max_body:
-            raise BadRequest(f"body larger than {ctx.max_body} bytes", 413)
-    target = ex.target
+    body = framing.request_body(fields.content_length, fields.transfer_encoding, max_body)
+    if fields.upgrade and framing.has_content(body, fields.content_length):
+        # The parser stops at an upgrade request's head: what follows is held until the
+        # backend answers (see Exchange.early_data), so a body could not be told apart from
+        # the new protocol's first bytes.
+        raise BadRequest("an upgrade request cannot carry a body")
+    target = fields.target
     if target[:1] != b"/":
-        target = origin_form(ex, target)
+        target = origin_form(fields, target)
     path, _, _ = target.partition(b"?")
-    host = ex.host
-    if host is None and not ex.http10:
+    host = fields.host
+    if host is None and not fields.http10:
         raise BadRequest("missing Host header")
-    route = ctx.router.lookup(host, path)
+    route = router.lookup(host, path)
     if route is None:
         raise no_route(host, path)
-    ex.route = route
-    lines = ex.lines
-    if ex.connection is not None:
-        named = headers.connection_tokens(ex.connection) - {b"close", b"keep-alive", b"upgrade"}
+    lines = fields.lines
+    if fields.connection is not None:
+        named = headers.connection_tokens(fields.connection) - _NOT_NAMED
         if named:
             lines = headers.strip_named(lines, named)
     if host is None:
-        lines.append(b"Host: " + client.local_host + b"\r\n")
-    if ex.chunked_in:
-        framing = b"Transfer-Encoding: chunked\r\n"
-    elif ex.content_length is not None:
-        framing = b"Content-Length: " + ex.content_length.strip() + b"\r\n"
-    else:
-        framing = b""
-    if ex.upgrade:
-        framing += b"Connection: Upgrade\r\nUpgrade: " + (ex.upgrade_value or b"") + b"\r\n"
-    ex.head = b"".join(
+        lines.append(b"Host: " + local_host + b"\r\n")
+    framing_lines = framing.request_framing(
+        body, fields.content_length, fields.upgrade, fields.upgrade_value
+    )
+    data = b"".join(
         (
             method,
             b" ",
             route.rewrite(target),
             b" HTTP/1.1\r\n",
             *lines,
-            client.forwarded(ex, host),
-            framing,
+            forwarded(fields, host),
+            framing_lines,
             b"\r\n",
         )
+    )
+    return _new(
+        RequestHead,
+        (
+            method,
+            fields.target,
+            fields.http10,
+            fields.keep_alive,
+            fields.upgrade,
+            method in headers.IDEMPOTENT,
+            body,
+            route,
+            lines,
+            data,
+        ),
     )
 
 
 def prepare_simple(
-    client: ClientConnection, ex: Exchange, method: bytes, target: bytes, block: bytes, host: bytes
-) -> None:
-    """Fill `ex` from a fast-path request: the header block is forwarded as received."""
-    ex.method = method
-    ex.target = target
-    ex.host = host
-    ex.lines = [block]
-    ex.req_done = True
-    ex.idempotent = method in headers.IDEMPOTENT
-    ex.replay = [] if ex.idempotent else None
-    path, _, _ = target.partition(b"?")
-    route = client.ctx.router.lookup(host, path)
-    if route is None:
-        ex.error = no_route(host, path)
-        ex.keep_alive = False
-    else:
-        ex.route = route
-        ex.head = b"".join(
-            (
-                method,
-                b" ",
-                route.rewrite(target),
-                b" HTTP/1.1\r\n",
-                block,
-                client.forwarded(ex, host),
-                b"\r\n",
-            )
-        )
+    method: bytes, target: bytes, block: bytes, host: bytes, route: Route, forwarded: bytes
+) -> RequestHead:
+    """The head of a fast-path request (fastpath.simple_request): its block is sent as received."""
+    data = b"".join(
+        (method, b" ", route.rewrite(target), b" HTTP/1.1\r\n", block, forwarded, b"\r\n")
+    )
+    idempotent = method in headers.IDEMPOTENT
+    return _new(
+        RequestHead,
+        (method, target, False, True, False, idempotent, framing.NONE, route, (block,), data),
+    )
 
 
-def origin_form(ex: Exchange, target: bytes) -> bytes:
+def origin_form(fields: RequestFields, target: bytes) -> bytes:
     """Origin-form (`/path?query`) of an absolute-form or asterisk-form target."""
-    if target == b"*" and ex.method == b"OPTIONS":
+    if target == b"*" and fields.method == b"OPTIONS":
         return target
     if b"://" not in target:
         raise BadRequest("malformed request target")
@@ -119,14 +179,14 @@ def origin_form(ex: Exchange, target: bytes) -> bytes:
     # RFC 9112 3.2.2: the authority in an absolute-form target replaces Host.
     if url.host:
         authority = url.host + (b":%d" % url.port if url.port else b"")
-        if ex.host is not None:
-            ex.lines = [
+        if fields.host is not None:
+            fields.lines = [
                 b"Host: " + authority + b"\r\n" if line[:5].lower() == b"host:" else line
-                for line in ex.lines
+                for line in fields.lines
             ]
         else:
-            ex.lines.append(b"Host: " + authority + b"\r\n")
-        ex.host = authority
+            fields.lines.append(b"Host: " + authority + b"\r\n")
+        fields.host = authority
     origin = url.path or b"/"
     return origin + b"?" + url.query if url.query else origin
 

@@ -10,8 +10,10 @@ import time
 from config.model import ProxySpec
 
 from . import metrics
-from .context import CLIENT_IDLE_TIMEOUT, Context
+from .context import Context
 from .downstream import ClientConnection
+from .listener import Listener
+from .memory import Trimmer
 from .router import Router
 
 log = logging.getLogger(__name__)
@@ -23,8 +25,9 @@ class ProxyServer:
     def __init__(self, spec: ProxySpec, router: Router) -> None:
         self._spec = spec
         self._router = router
-        self._ctx = Context(spec, router)
-        self._servers: list[asyncio.Server] = []
+        self._ctx = ctx = Context(spec, router)
+        self._listener = Listener(lambda: ClientConnection(ctx))
+        ctx.accept = self._listener.accept
         self._sweeper: asyncio.Task[None] | None = None
         if spec.workers > 1:
             log.warning("proxy workers = %d: only one worker is implemented; using 1", spec.workers)
@@ -36,38 +39,22 @@ class ProxyServer:
 
     async def start(self) -> list[tuple[str, int]]:
         """Bind every listen address; returns the bound (host, port) pairs (port 0 resolved)."""
-        loop = asyncio.get_running_loop()
-        ctx = self._ctx
-        addresses: list[tuple[str, int]] = []
-        try:
-            for host, port in self._spec.listen:
-                server = await loop.create_server(
-                    lambda: ClientConnection(ctx), host, port, reuse_address=True, backlog=2048
-                )
-                self._servers.append(server)
-                for sock in server.sockets:
-                    name = sock.getsockname()
-                    addresses.append((str(name[0]), int(name[1])))
-        except BaseException:
-            for server in self._servers:
-                server.close()
-            self._servers.clear()
-            raise
-        self._sweeper = loop.create_task(self._sweep(), name="proxy:sweeper")
-        log.info("proxy listening on %s", ", ".join(f"{h}:{p}" for h, p in addresses))
+        addresses = await self._listener.open(self._spec.listen)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="proxy:sweeper")
+        log.info(
+            "proxy listening on %s (max_connections %d)",
+            ", ".join(f"{h}:{p}" for h, p in addresses),
+            self._ctx.max_connections,
+        )
         return addresses
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, let requests under way finish (up to `grace`), then close all."""
         ctx = self._ctx
         ctx.stopping = True
-        for server in self._servers:
-            server.close()
+        await self._listener.close()
         for client in list(ctx.clients):
-            if client.active is None and client.ex is None and client.tunnel is None:
-                client.close()
-            else:
-                client.closing = True
+            client.shutdown()
         if ctx.clients:
             try:
                 async with asyncio.timeout(grace):
@@ -79,11 +66,7 @@ class ProxyServer:
                     grace,
                 )
                 for client in list(ctx.clients):
-                    if client.transport is not None:
-                        client.transport.abort()
-        for server in self._servers:
-            await server.wait_closed()
-        self._servers.clear()
+                    client.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -111,17 +94,18 @@ class ProxyServer:
         return metrics.render(self._ctx, self._router)
 
     async def _sweep(self) -> None:
-        # One periodic pass instead of a timer per request: read timeouts (504), idle upstream
-        # keep-alive connections, idle client connections.
+        # One periodic pass instead of a timer per request: read timeouts (504), client
+        # deadlines (header, body, send), idle keep-alive connections both ways.
         ctx = self._ctx
+        trimmer = Trimmer()
         while True:
-            await asyncio.sleep(max(0.02, min(1.0, ctx.read_timeout / 5, ctx.idle_timeout / 2)))
+            timeouts = (ctx.read_timeout, ctx.header_timeout, ctx.body_timeout, ctx.send_timeout)
+            await asyncio.sleep(
+                max(0.02, min(1.0, ctx.idle_timeout / 2, *(t / 5 for t in timeouts)))
+            )
             ctx.now = now = time.monotonic()
             for pool in self._router.pools():
                 pool.sweep(now - ctx.idle_timeout)
             for client in list(ctx.clients):
-                ex = client.active
-                if ex is not None and ex.conn is not None:
-                    ex.read_timed_out(now)
-                elif client.idle_for(now) > CLIENT_IDLE_TIMEOUT:
-                    client.close()
+                client.sweep(now)
+            trimmer.observe(len(ctx.clients))

@@ -1,9 +1,9 @@
 """Connections to backends: keep-alive pooled, flow-controlled, tunnel-capable.
 
-An `UpstreamConnection` carries one exchange at a time. Response bytes go to the exchange's
-response parser (the exchange itself is the parser's callback object); after a 101 they are
-copied raw to the client (`tunnel`). Idle connections sit in their backend's list and leave it
-as soon as the backend closes them, so a stale one is rarely picked.
+An `UpstreamConnection` carries one exchange at a time, its `handler`, which gets the
+response bytes; after a 101 they are copied raw to the client through the `tunnel`. Idle
+connections sit in their backend's list and leave it as soon as the backend closes them, so a
+stale one is rarely picked.
 """
 
 from __future__ import annotations
@@ -11,104 +11,88 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
-import httptools
-
-from . import fastpath
+from .tunnel import Tunnel
 
 if TYPE_CHECKING:
-    from .exchange import Exchange
-    from .pool import Backend
+    from .backend import Backend
+    from .context import Context
 
 log = logging.getLogger(__name__)
+
+
+class Handler(Protocol):
+    """What a connection reports to the exchange it carries (exchange.Exchange)."""
+
+    def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None: ...
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None: ...
+    def upstream_write_blocked(self, blocked: bool) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a backend."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, ctx: Context) -> None:
         self.backend = backend
+        self.ctx = ctx
         self.transport: asyncio.Transport | None = None
-        self.ex: Exchange | None = None
-        self.parser: httptools.HttpResponseParser | None = None
-        self.tunnel: asyncio.Transport | None = None  # client transport once upgraded
+        self.handler: Handler | None = None
+        self.tunnel: Tunnel | None = None  # set once upgraded
         self.idle_since = 0.0
         self.closed = False
         self.read_paused = False
         self.write_blocked = False
-        self.eof_seen = False  # the backend half-closed a tunnel
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it. (Both loops
         # already set TCP_NODELAY.)
         self.transport = cast(asyncio.Transport, transport)
+        self.ctx.upstream_open += 1
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
-            tunnel.write(data)
+            tunnel.client.write(data)
             return
-        ex = self.ex
-        if ex is None:  # bytes on an idle connection: the backend is confused, drop it
+        handler = self.handler
+        if handler is None:  # bytes on an idle connection: the backend is confused, drop it
             log.debug(
                 "unexpected %d bytes from idle connection to %s", len(data), self.backend.addr
             )
             self.close()
             return
-        if not ex.got_response_bytes:
-            ex.got_response_bytes = True
-            if ex.simple_ok:
-                simple = fastpath.simple_response(data)
-                if simple is not None:
-                    ex.simple_response(data, simple[0], simple[1])
-                    return
-        ex.last_upstream = ex.client.ctx.now
-        parser = self.parser
-        if parser is None:
-            parser = self.parser = httptools.HttpResponseParser(ex)
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            ex.upstream_upgraded(self, data[exc.args[0] :])
-            return
-        except httptools.HttpParserError as exc:
-            if isinstance(exc, httptools.HttpParserCallbackError):
-                log.error("internal error relaying from %s", self.backend.addr, exc_info=exc)
-            ex.flush()
-            ex.upstream_broken(self, f"bad response from {self.backend.addr}: {exc}")
-            return
-        ex.flush()
+        handler.upstream_data(self, data)
 
     def eof_received(self) -> bool:
         tunnel = self.tunnel
-        ex = self.ex
-        if tunnel is None or ex is None or ex.client.eof_seen or not tunnel.can_write_eof():
+        if tunnel is None or self.handler is None:
             return False  # closes; connection_lost ends the tunnel (and the client side)
         # Half-close travels through the tunnel; the client may still be sending.
-        self.eof_seen = True
-        tunnel.write_eof()
-        return True
+        return tunnel.backend_sent_eof()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        ex = self.ex
-        if ex is not None:
-            self.ex = None
-            ex.upstream_lost(self, exc)
+        self.ctx.upstream_open -= 1
+        self.transport = None  # it refers back to this protocol: no cycle left to collect
+        self.tunnel = None
+        handler = self.handler
+        if handler is not None:
+            self.handler = None
+            handler.upstream_lost(self, exc)
         else:
             self.backend.discard(self)
 
     def pause_writing(self) -> None:
         self.write_blocked = True
-        if self.ex is not None:
-            self.ex.upstream_write_blocked(True)
+        if self.handler is not None:
+            self.handler.upstream_write_blocked(True)
 
     def resume_writing(self) -> None:
         self.write_blocked = False
-        if self.ex is not None:
-            self.ex.upstream_write_blocked(False)
+        if self.handler is not None:
+            self.handler.upstream_write_blocked(False)
 
     # --- used by the exchange / pool -------------------------------------------------------------
     def usable(self) -> bool:
@@ -128,22 +112,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         """Close gracefully (flushing what was written)."""
-        self.ex = None
+        self.handler = None
         if self.transport is not None and not self.closed:
             self.transport.close()
 
     def abort(self) -> None:
         """Close now, discarding unsent data (the exchange on it is abandoned)."""
-        self.ex = None
+        self.handler = None
         if self.transport is not None and not self.closed:
             self.transport.abort()
 
 
-async def connect(backend: Backend, timeout: float) -> UpstreamConnection:
+async def connect(backend: Backend, ctx: Context) -> UpstreamConnection:
     """A fresh connection to `backend`; raises OSError or TimeoutError."""
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(ctx.connect_timeout):
         _, proto = await loop.create_connection(
-            functools.partial(UpstreamConnection, backend), backend.host, backend.port
+            functools.partial(UpstreamConnection, backend, ctx), backend.host, backend.port
         )
     return proto

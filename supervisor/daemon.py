@@ -245,6 +245,8 @@ class Daemon:
 
     def service_event(self, service: Service, new: str, detail: str) -> None:
         self._events.emit(Event("service", service=service.name, new=new, detail=detail))
+        if new == "failed":
+            self.traffic.service_failed(service.name, detail)
 
     def _recorded_pids(self) -> dict[str, int]:
         return {inst.key: inst.pid for inst in self.instances() if inst.pid is not None}

@@ -24,8 +24,12 @@ log = logging.getLogger(__name__)
 
 
 async def serve(plan: Plan, *, printer: LogPrinter | None, watch: bool = False) -> int:
+    from proxy.limits import raise_nofile_limit
+
     from .daemon import Daemon
     from .reload import Reloader
+
+    raise_nofile_limit()  # before the proxy derives its connection cap from it
 
     daemon = Daemon(plan)
     reloader = Reloader(daemon)
@@ -110,6 +114,10 @@ def entry_blocking(entry: EntrySpec) -> int:
 
 def _until_signalled(main: Callable[[asyncio.Event], Awaitable[None]]) -> int:
     import uvloop
+
+    from proxy.limits import raise_nofile_limit
+
+    raise_nofile_limit()  # before the proxy derives its connection cap from it
 
     async def go() -> int:
         stop = asyncio.Event()

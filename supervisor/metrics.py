@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from proxy.prometheus import labels as _labels
+
 if TYPE_CHECKING:
     from .view import DaemonView
-
-
-def _labels(**kv: object) -> str:
-    inner = ",".join(f'{k}="{str(v).replace(chr(34), "")}"' for k, v in kv.items())
-    return "{" + inner + "}"
 
 
 def render(daemon: DaemonView) -> str:

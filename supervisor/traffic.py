@@ -10,11 +10,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from config.model import Plan, ProxySpec, ServiceSpec
-from proxy.pool import Pool
+from proxy.pool import Pool, WhenEmpty
 from proxy.router import Router
 
 from .errors import SupervisorError
-from .instance import HOST, Instance, State
+from .instance import FINAL, HOST, Instance, State
 
 if TYPE_CHECKING:
     from proxy.server import ProxyServer
@@ -35,6 +35,7 @@ class Traffic:
         self.server: ProxyServer | None = None
         self.addresses: list[tuple[str, int]] = []
         self._members: dict[str, set[str]] = {}  # service → pool keys currently added
+        self._alive: dict[str, set[str]] = {}  # service → instances not stopped/failed/done
 
     def configure(self, plan: Plan, instances: Iterable[Instance] = ()) -> None:
         """Create/reuse pools for routed services and swap routes atomically (reload-safe).
@@ -80,9 +81,20 @@ class Traffic:
             self.server = None
 
     def state_changed(self, inst: Instance, old: State, new: State) -> None:
+        alive = self._alive.setdefault(inst.spec.name, set())
+        if new in FINAL:
+            alive.discard(inst.key)
+        else:
+            alive.add(inst.key)
         pool = self.pools.get(inst.spec.name)
         if pool is None or inst.port is None:
             return
+        # With no instance left that could come back on its own, waiting helps nobody.
+        if new is State.STARTING:
+            pool.set_when_empty(WhenEmpty.QUEUE)
+        elif new in FINAL and not alive:
+            detail = f" ({inst.detail})" if inst.detail else ""
+            pool.set_when_empty(WhenEmpty.FAIL, f"{inst.name} is {new.value}{detail}")
         members = self._members.setdefault(inst.spec.name, set())
         if new is State.READY:
             self._join(inst)
@@ -91,6 +103,12 @@ class Traffic:
         elif new in _GONE and inst.key in members:
             pool.remove(inst.key)
             members.discard(inst.key)
+
+    def service_failed(self, name: str, reason: str) -> None:
+        """`name` cannot run (its venv or a dependency failed): its pool answers 503 at once."""
+        pool = self.pools.get(name)
+        if pool is not None:
+            pool.set_when_empty(WhenEmpty.FAIL, f"service {name!r} failed: {reason}")
 
     def _join(self, inst: Instance) -> None:
         pool = self.pools[inst.spec.name]

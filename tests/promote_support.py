@@ -51,7 +51,7 @@ def full_project(tmp_path: Path) -> Path:
 
             [proxy]
             listen = ["127.0.0.1:9080", "[::1]:9080"]
-            timeouts = {{ connect = "2s", read = "20s", idle = "3s" }}
+            timeouts = {{ connect = "2s", read = "20s", idle = "3s", header = "5s", body = "30s", send = "30s" }}
             retries = 1
             retry_on_error = false
             max_body_size = "10MB"
@@ -61,6 +61,7 @@ def full_project(tmp_path: Path) -> Path:
             eject = {{ failures = 3, cooldown = "20s" }}
             access_log = true
             workers = 2
+            max_connections = 500
 
             [services.migrate]
             command = "python3 migrate.py"

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from config.model import Balance, HashKey, RouteSpec
-from proxy.pool import Pool
+from proxy.pool import Pool, WhenEmpty
 from proxy.router import Router
 
 
@@ -223,3 +223,20 @@ def test_set_routes_swaps_the_table_and_keeps_counters() -> None:
     again = router.lookup(b"h", b"/")
     assert again is not None and again.counts[1] == 5
     assert {p.name for p in router.pools()} == {"a", "b"}
+
+
+async def test_a_pool_told_nothing_can_come_answers_waiting_requests_at_once() -> None:
+    pool = Pool("web")
+    assert pool.when_empty is WhenEmpty.QUEUE
+    waiting = asyncio.ensure_future(pool.wait_ready(30.0))
+    await asyncio.sleep(0)
+    assert pool.queued == 1
+    pool.set_when_empty(WhenEmpty.FAIL, "service 'web' failed: boom")
+    async with asyncio.timeout(1.0):
+        assert await waiting is False
+    assert (pool.empty_reason, pool.queued) == ("service 'web' failed: boom", 0)
+    # Back to queueing when instances are on their way again.
+    pool.set_when_empty(WhenEmpty.QUEUE)
+    pool.add("web.1", "127.0.0.1", 1)
+    pool.set_ready("web.1", True)
+    assert await pool.wait_ready(0.1) is True

@@ -78,6 +78,7 @@ def judge_proxy(found: Findings, proxy: ProxySpec, listen_note: str, listen_exac
         *("connect_timeout", "read_timeout", "idle_timeout", "retries", "retry_idempotent_errors"),
         *("max_body_size", "max_header_size", "queue_timeout", "trusted_proxies"),
         *("eject_failures", "eject_cooldown", "access_log", "workers"),
+        *("header_timeout", "body_timeout", "send_timeout", "max_connections"),
     ):
         found.mapped(PROXY, name, "the entry proxy's [proxy] table")
     if listen_exact:
@@ -101,6 +102,9 @@ def _proxy_table(proxy: ProxySpec, entry: Entry) -> dict[str, object]:
             "connect": format_duration(proxy.connect_timeout),
             "read": format_duration(proxy.read_timeout),
             "idle": format_duration(proxy.idle_timeout),
+            "header": format_duration(proxy.header_timeout),
+            "body": format_duration(proxy.body_timeout),
+            "send": format_duration(proxy.send_timeout),
         },
         "retries": proxy.retries,
         "retry_on_error": proxy.retry_idempotent_errors,
@@ -114,7 +118,7 @@ def _proxy_table(proxy: ProxySpec, entry: Entry) -> dict[str, object]:
         },
         "access_log": proxy.access_log,
         "workers": proxy.workers,
-    }
+    } | ({"max_connections": proxy.max_connections} if proxy.max_connections else {})
 
 
 def _dockerfile(stack: Stack, entry: Entry) -> str:

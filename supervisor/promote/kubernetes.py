@@ -376,6 +376,7 @@ def judge_proxy(found: Findings, stack: Stack, who: str) -> None:
         *("listen", "connect_timeout", "read_timeout", "idle_timeout", "retries"),
         *("retry_idempotent_errors", "max_body_size", "max_header_size", "queue_timeout"),
         *("trusted_proxies", "eject_failures", "eject_cooldown", "access_log", "workers"),
+        *("header_timeout", "body_timeout", "send_timeout", "max_connections"),
     ):
         found.unless_default(
             proxy,

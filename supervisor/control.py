@@ -269,7 +269,7 @@ class ControlServer:
     async def metrics(self, request: web.Request) -> web.Response:
         from .metrics import render
 
-        text = render(self.daemon) + self.daemon.proxy_metrics()
+        text = render(self.daemon) + self.daemon.autoscaler_metrics() + self.daemon.proxy_metrics()
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from config.model import Plan
 
 from . import systemd
+from .autoscaler import Autoscaler
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventBus
 from .instance import FINAL, UP, Instance, Runtime, State
@@ -39,7 +40,7 @@ T = TypeVar("T")
 # started once the daemon is up, cancelled when it stops.
 Companion = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
 
-_SETTLED = frozenset({"failed", "completed", "stopped"})
+_SETTLED = frozenset({"failed", "completed", "stopped", "idle"})  # idle: scaled to zero
 
 
 class Daemon:
@@ -74,6 +75,10 @@ class Daemon:
         )
         self._registry.use(self.ctx)
         self._sampler = Sampler(self._pids, clock=clock)
+        self._autoscaler = Autoscaler(
+            lambda: self._registry.services, self.traffic, self._events, clock=clock
+        )
+        self.traffic.on_demand = self._autoscaler.activate
         self._reloader = Reloader(self)
         self._recorder = Recorder(
             self.state, self.token, self._recorded_pids, self._registry.scaled_counts
@@ -166,6 +171,7 @@ class Daemon:
         for service in self.services.values():
             service.bring_up()
         self._nursery.spawn(self._sampler.run(), "stats")
+        self._nursery.spawn(self._autoscaler.run(), "autoscaler")
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
         if ready is not None:
             ready()
@@ -226,6 +232,7 @@ class Daemon:
             )
         )
         self.traffic.state_changed(inst, old, new)
+        self._autoscaler.instance_changed(inst, new)
         service = self._registry.get(inst.spec.name)
         if service is not None:
             service.notify()
@@ -281,6 +288,9 @@ class Daemon:
     def proxy_metrics(self) -> str:
         return self.traffic.metrics()
 
+    def autoscaler_metrics(self) -> str:
+        return self._autoscaler.metrics()
+
     def status_line(self) -> str:
         insts = self.instances()
         up = sum(1 for i in insts if i.state in UP)
@@ -290,7 +300,12 @@ class Daemon:
         plan = self.plan
         proxy = self.traffic.describe() if plan.proxy is not None else None
         return daemon_status(
-            plan, self.started, proxy, self.services.values(), self._scopes.mechanism
+            plan,
+            self.started,
+            proxy,
+            self.services.values(),
+            self._scopes.mechanism,
+            autoscale=self._autoscaler.describe,
         )
 
     def resolve(self, targets: list[str]) -> list[Target]:

@@ -14,6 +14,8 @@ Knative's KPA, on one machine (docs/serverless.md):
   instance goes only after `idle_timeout` without any request (counted from the last request,
   not from the last scale-up); a cold start that has no ready instance after
   `cold_start_timeout` gives up (back to `min`, so nothing is left running);
+- an instance that crashes while no request is under way is not restarted (unless `min` needs
+  it): a crash at zero traffic must not become a restart loop; the next request starts one;
 - the result is clamped to `min` … `max`.
 
 Nothing here reads a clock or does I/O: the autoscaler (autoscaler.py) passes the time in.
@@ -96,6 +98,9 @@ class Observation:
     held: int  # of those, held by the proxy for want of an instance
     idle_for: float | None  # seconds since the last request ended (None: one is in flight)
     cold_start_for: float | None = None  # seconds a cold start has waited for a ready instance
+    # Instances 1 … alive are not down after a crash (None: all of them): with no request
+    # under way, crashed ones above that are not restarted.
+    alive: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,10 @@ def decide(spec: ScaleSpec, seen: Observation, state: ScaleState, now: float) ->
     else:
         wanted = max(wanted, 1)  # a request has an instance; the last one stays until idle
     desired = min(max(wanted, spec.min), spec.max)
+    if seen.demand == 0 and seen.alive is not None and desired > max(seen.alive, spec.min):
+        # Restarting what crashed while nothing asked for it would be a loop at zero traffic.
+        desired = max(seen.alive, spec.min)
+        return done(desired, "crashed with no request waiting: not restarted")
     return done(desired, _reason(spec, seen, mode, desired))
 
 
@@ -174,6 +183,8 @@ def _at_min(spec: ScaleSpec) -> str:
 def _reason(spec: ScaleSpec, seen: Observation, mode: Mode, desired: int) -> str:
     target = f"target {spec.target:g}"
     if desired == 0:
+        if seen.current > 0 and _idle_over(spec, seen):
+            return f"idle for {format_duration(spec.idle_timeout)}"
         return "idle"
     if seen.current == 0:
         held = f"{seen.held} request{'s' if seen.held != 1 else ''} held"
@@ -185,8 +196,6 @@ def _reason(spec: ScaleSpec, seen: Observation, mode: Mode, desired: int) -> str
     if desired > seen.current:
         return f"scaling out: {observed}"
     if desired < seen.current:
-        if _idle_over(spec, seen):
-            return f"idle for {format_duration(spec.idle_timeout)}"
         return f"scaling in: {observed}"
     if desired == spec.min and seen.stable == 0:
         return _at_min(spec)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, TypedDict
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from config.model import Plan
 from config.units import format_duration
@@ -14,6 +14,7 @@ from .sampler import ProcessSample, StatsSnapshot
 from .states import UP, Phase
 
 if TYPE_CHECKING:
+    from .autoscaler import ScaleStatus
     from .instance import Instance
     from .service import Service
 
@@ -47,6 +48,10 @@ class ServiceStatus(TypedDict):
     phase: str
     error: str | None
     venv: str | None
+    # Autoscaled services only: the autoscaler's view, and (for corral top and the dashboard)
+    # how many starts from zero there were.
+    autoscale: NotRequired[ScaleStatus]
+    cold_starts: NotRequired[int]
 
 
 class DaemonStatus(TypedDict):
@@ -95,7 +100,7 @@ def placeholder_row(
     return InstanceRow(
         service=service,
         index=index,
-        name=f"{service}.{index}",
+        name=f"{service}.{index}" if index else service,  # 0: the service itself (at zero)
         pid=None,
         port=None,
         state=state,
@@ -121,7 +126,7 @@ def service_rows(service: Service, stats: StatsSnapshot, now: float) -> list[Ins
     roles = [
         *((service.instances[i], "current") for i in sorted(service.instances)),
         *((i, "incoming") for i in service.incoming),
-        *((i, "retiring") for i in service.retiring),
+        *((i, "retiring") for i in (*service.retiring, *service.shrinking)),
     ]
     rows = [
         instance_row(i, phase=phase, role=role, sample=stats.of(i.pid), now=now)
@@ -129,6 +134,17 @@ def service_rows(service: Service, stats: StatsSnapshot, now: float) -> list[Ins
     ]
     if rows:
         return rows
+    if service.spec.scale is not None and phase in (Phase.RUNNING, Phase.ROLLING):
+        # Scaled to zero: one line says so, or the service would vanish from ps.
+        return [
+            placeholder_row(
+                service.name,
+                0,
+                state="idle",
+                detail="scaled to zero: the next request starts an instance",
+                phase=phase,
+            )
+        ]
     # Not spawned yet (waiting on dependencies, building the venv) or never will be (venv
     # build failed): still one row per desired instance, so ps shows why.
     state = {Phase.FAILED: "failed", Phase.HELD: "stopped", Phase.STOPPED: "stopped"}.get(
@@ -153,8 +169,23 @@ def daemon_status(
     proxy: dict[str, object] | None,
     services: Iterable[Service],
     containment: str,
+    *,
+    autoscale: Callable[[Service], ScaleStatus | None] = lambda _: None,
 ) -> DaemonStatus:
     """`GET /v1/status` of the daemon running `plan` since `started` (wall clock)."""
+    described: dict[str, ServiceStatus] = {}
+    for s in services:
+        status = described[s.name] = ServiceStatus(
+            desired=s.desired,
+            configured=s.spec.instances,
+            phase=s.phase.value,
+            error=s.error,
+            venv=str(s.venv) if s.venv else None,
+        )
+        scaling = autoscale(s)
+        if scaling is not None:
+            status["autoscale"] = scaling
+            status["cold_starts"] = scaling["cold_starts"]
     return DaemonStatus(
         project=plan.project,
         config=str(plan.path),
@@ -162,15 +193,6 @@ def daemon_status(
         uptime_s=round(time.time() - started, 3),
         socket=str(plan.daemon.socket),
         proxy=proxy,
-        services={
-            s.name: ServiceStatus(
-                desired=s.desired,
-                configured=s.spec.instances,
-                phase=s.phase.value,
-                error=s.error,
-                venv=str(s.venv) if s.venv else None,
-            )
-            for s in services
-        },
+        services=described,
         containment=containment,
     )

@@ -23,6 +23,7 @@ def _seen(
     held: int = 0,
     idle_for: float | None = None,
     cold_start_for: float | None = None,
+    alive: int | None = None,
 ) -> Observation:
     in_flight = round(stable if panic is None else panic)
     return Observation(
@@ -34,6 +35,7 @@ def _seen(
         held=held,
         idle_for=idle_for if (demand == 0 or (demand is None and in_flight + held == 0)) else None,
         cold_start_for=cold_start_for,
+        alive=alive,
     )
 
 
@@ -110,7 +112,7 @@ def test_the_last_instance_goes_after_idle_timeout_from_the_last_request() -> No
     # requests until 20 s ago: the instance stays.
     assert _decide(_seen(1, stable=0.2, demand=0, idle_for=20.0)).desired == 1
     gone = _decide(_seen(1, stable=0.0, demand=0, idle_for=60.0))
-    assert (gone.desired, gone.reason) == (0, "idle")
+    assert (gone.desired, gone.reason) == (0, "idle for 1m")
 
 
 def test_idle_timeout_can_be_shorter_than_the_window() -> None:
@@ -118,7 +120,7 @@ def test_idle_timeout_can_be_shorter_than_the_window() -> None:
     # The window still remembers requests, but none came for 5 s: straight down to min.
     decision = decide(spec, _seen(3, stable=12.0, demand=0, idle_for=5.0), ScaleState(), 100.0)
 
-    assert (decision.desired, decision.reason) == (0, "idle")
+    assert (decision.desired, decision.reason) == (0, "idle for 5s")
 
 
 def test_a_request_in_flight_keeps_an_instance() -> None:
@@ -205,3 +207,17 @@ def test_window_average_is_time_weighted_over_what_was_seen() -> None:
     assert window.average(40.0, 5.0) == 0.0
     window.clear()
     assert window.average(20.0, 10.0) == 0.0
+
+
+def test_a_crash_with_no_request_under_way_is_not_restarted() -> None:
+    # Instance 2 of 2 crashed at zero traffic: down to the one still alive, not a restart.
+    decision = _decide(_seen(2, ready=1, stable=15.0, demand=0, idle_for=1.0, alive=1))
+    assert (decision.desired, decision.reason) == (
+        1,
+        "crashed with no request waiting: not restarted",
+    )
+    # With a request under way it is restarted as usual; min keeps what it needs.
+    assert _decide(_seen(2, ready=1, stable=15.0, demand=1, alive=1)).desired == 2
+    spec = ScaleSpec(min=2, max=4, target=10)
+    seen = _seen(2, ready=1, demand=0, idle_for=1.0, alive=0)
+    assert decide(spec, seen, ScaleState(), 100.0).desired == 2

@@ -25,6 +25,7 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/mypy --strict bench
 
 pytest: $(VENV)/.test-deps
 	$(BIN)/pytest

@@ -8,11 +8,12 @@ one after the other:
 2. kill -9: every instance killed twice, one at a time, each back to ready before the next;
 3. SIGSTOP: one instance frozen; how long until health takes it out of the pool, how long the
    requests already on it stalled, and how the supervisor ends it (liveness restart);
-4. daemon restart: `corral down` + `corral up -d` (graceful), then the daemon killed with
-   SIGKILL and `corral up -d` (its instances die with it; the next daemon reclaims);
-5. recovery: no faults.
+4. restart: `corral down` + `corral up -d` (graceful: no request may fail);
+5. kill daemon: the daemon killed with SIGKILL and `corral up -d` (its instances die with it;
+   the next daemon reclaims; requests in flight when it died fail);
+6. recovery: no faults.
 
-Each request is one of: ok, cut (the response started but ended early: a kill mid-body),
+Each request, counted in the phase it ended in, is one of: ok, cut (the response started but ended early: a kill mid-body),
 no-response, 5xx, refused (no listener: the daemon is down), timeout. The goal is 0 failed
 idempotent requests apart from cut ones while the daemon runs; while the daemon is down there
 is no proxy, so connections are refused (reported apart, with how long it lasted).
@@ -29,6 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 from benchstack import (
@@ -128,14 +130,16 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def restart_phase(stack: Stack, instances: int) -> str:
-    notes = []
+def graceful_restart_phase(stack: Stack, instances: int) -> str:
     t = time.monotonic()
     stack.down()
     down = time.monotonic() - t
     stack.up()
     wait_for(lambda: all_ready(stack, instances), 60, "ready after restart")
-    notes.append(f"graceful: down {down:.2f} s + up -d {time.monotonic() - t - down:.2f} s")
+    return f"down {down:.2f} s + up -d {time.monotonic() - t - down:.2f} s"
+
+
+def kill_daemon_phase(stack: Stack, instances: int) -> str:
     pid = stack.daemon_pid()
     t = time.monotonic()
     if pid is not None:
@@ -143,20 +147,24 @@ def restart_phase(stack: Stack, instances: int) -> str:
         wait_for(lambda: not _alive(pid) or _zombie(pid), 30, "the killed daemon gone")
     stack.up()
     wait_for(lambda: all_ready(stack, instances), 60, "ready after kill -9 of the daemon")
-    notes.append(f"kill -9 + up -d: {time.monotonic() - t:.2f} s")
-    return "; ".join(notes)
+    return f"kill -9 + up -d: {time.monotonic() - t:.2f} s"
 
 
 def summarize(
     records: list[Record],
     phases: list[Phase],
     stopped: tuple[str, float, float],
-) -> dict[str, object]:
-    base = [r for r in records if phases[0].start <= r.start < phases[0].end and r.outcome == "ok"]
+) -> dict[str, Any]:
+    # A request belongs to the phase it ended in, where its outcome happened: one started
+    # just before the daemon is killed is that kill's, not the previous phase's.
+    def ended_in(r: Record, phase: Phase) -> bool:
+        return phase.start <= r.start + r.latency < phase.end
+
+    base = [r for r in records if ended_in(r, phases[0]) and r.outcome == "ok"]
     base_p50 = {p: median([r.latency for r in base if r.path == p]) for p in ("/", "/slow", "/big")}
     rows = []
     for phase in phases:
-        mine = [r for r in records if phase.start <= r.start < phase.end]
+        mine = [r for r in records if ended_in(r, phase)]
         outcomes = Counter(r.outcome for r in mine)
         ok = [r for r in mine if r.outcome == "ok"]
         added = [r.latency - base_p50[r.path] for r in ok]
@@ -197,7 +205,7 @@ def summarize(
     }
 
 
-def print_report(summary: dict[str, object], total: int, log_problems: list[str]) -> None:
+def print_report(summary: dict[str, Any], total: int, log_problems: list[str]) -> None:
     print(f"baseline median latency (ms): {summary['baseline_p50_ms']}")
     header = (
         "phase",
@@ -212,7 +220,7 @@ def print_report(summary: dict[str, object], total: int, log_problems: list[str]
         "max+ms",
     )
     print("  ".join(f"{h:>9}" for h in header))
-    for row in summary["phases"]:  # type: ignore[attr-defined]
+    for row in summary["phases"]:
         cells = (
             row["phase"],
             row["requests"],
@@ -234,12 +242,11 @@ def print_report(summary: dict[str, object], total: int, log_problems: list[str]
         f"before it left the pool; {s['stalled_over_1s']} stalled > 1 s, longest "
         f"{s['longest_stall_s']} s; their outcomes {s['stalled_outcomes']}"
     )
-    phases = summary["phases"]  # type: ignore[assignment]
-    running = [p for p in phases if p["phase"] != "daemon restart"]
+    phases = summary["phases"]
+    down = ("restart", "kill daemon")
+    running = [p for p in phases if p["phase"] not in down]
     failed = sum(p["no-response"] + p["5xx"] + p["timeout"] for p in running)
-    failed_restart = sum(
-        p["no-response"] + p["5xx"] + p["timeout"] for p in phases if p["phase"] == "daemon restart"
-    )
+    by_phase = {p["phase"]: p["no-response"] + p["5xx"] + p["timeout"] for p in phases}
     cut = sum(p["cut"] for p in phases)
     refused = sum(p["refused"] for p in phases)
     worst = max((p["max_added_ms"] or 0) for p in running)
@@ -251,8 +258,9 @@ def print_report(summary: dict[str, object], total: int, log_problems: list[str]
         f"({calm:.0f} ms outside the SIGSTOP stall)"
     )
     print(
-        f"daemon restarts: {failed_restart} requests failed (no response or 5xx) around them; "
-        f"connections refused for {outages} s ({refused} connect attempts)"
+        f"graceful restart: {by_phase['restart']} requests failed (goal 0); kill -9 of the "
+        f"daemon: {by_phase['kill daemon']} failed (in flight when it died); connections "
+        f"refused for {outages} s ({refused} connect attempts)"
     )
     print(f"daemon log: {len(log_problems)} ERROR/Traceback lines" + (":" if log_problems else ""))
     for line in log_problems[:10]:
@@ -301,8 +309,10 @@ def main(argv: list[str]) -> int:
         current.note = kill_phase(stack, args.instances, args.kill_rounds)
         current = phase("sigstop")
         current.note, name, frozen, out = stop_phase(stack, args.instances)
-        current = phase("daemon restart")
-        current.note = restart_phase(stack, args.instances)
+        current = phase("restart")
+        current.note = graceful_restart_phase(stack, args.instances)
+        current = phase("kill daemon")
+        current.note = kill_daemon_phase(stack, args.instances)
         phase("recovery")
         time.sleep(args.baseline)
         phases[-1].end = time.monotonic()

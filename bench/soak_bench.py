@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -121,7 +122,10 @@ def main(argv: list[str]) -> int:
 
 
 def report(
-    samples: list[dict[str, float]], records: list[object], states: list[str], problems: list[str]
+    samples: list[dict[str, float]],
+    records: Sequence[object],
+    states: list[str],
+    problems: list[str],
 ) -> None:
     # The first sample is taken before any traffic; growth counts from the second.
     base = samples[1] if len(samples) > 2 else samples[0]

@@ -29,6 +29,7 @@ class Connection(Protocol):
     """What the server does with a client connection (downstream.ClientConnection)."""
 
     def sweep(self, now: float) -> None: ...
+    def last_request(self) -> None: ...
     def shutdown(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -104,7 +105,7 @@ class Context:
     def client_added(self, client: Connection) -> None:
         self.clients.add(client)
         self.connections_total += 1
-        if len(self.clients) >= self.max_connections and not self.full:
+        if len(self.clients) >= self.max_connections and not self.full and not self.stopping:
             self.full = True
             self.accept_pauses += 1
             log.warning(

@@ -73,8 +73,8 @@ class ClientConnection(asyncio.Protocol):
         self.last_activity = ctx.now
         ctx.client_added(self)
         if ctx.stopping:
+            # Taken from the backlog at stop: its request is answered, then it closes.
             self.closing = True
-            transport.close()
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
@@ -379,6 +379,10 @@ class ClientConnection(asyncio.Protocol):
         if active is not None and (active.req_done or active.error is not None):
             return 0.0
         return now - self.last_activity
+
+    def last_request(self) -> None:
+        """The server is stopping: answer what comes next with `Connection: close`."""
+        self.closing = True
 
     def shutdown(self) -> None:
         """The server is stopping: close now if idle, else once the request under way is done."""

@@ -4,7 +4,8 @@ Like nginx at worker_connections, a full proxy stops accepting instead of accept
 dropping: the kernel keeps completing handshakes into the listen backlog, and those clients
 are served as soon as connections close. The proxy owns each listening socket; the event
 loop serves a duplicate of it, so pausing closes only the duplicate (the port stays bound and
-its backlog keeps filling) and resuming serves a new one.
+its backlog keeps filling) and resuming serves a new one. Closing for good serves what is
+still in the backlog first, so a graceful stop resets no client that was already connected.
 """
 
 from __future__ import annotations
@@ -77,9 +78,20 @@ class Listener:
         for server in self._servers:
             await server.wait_closed()
         self._servers = []
+        # The kernel completed these handshakes and the clients have sent their requests;
+        # closing the socket would reset them unanswered. Take them first (nothing is awaited
+        # between the last accept and the close), then serve them like any other connection.
+        taken = [conn for sock in self._sockets for conn in _take_backlog(sock)]
         for sock in self._sockets:
             sock.close()
         self._sockets = []
+        loop = asyncio.get_running_loop()
+        for conn in taken:
+            try:
+                await loop.connect_accepted_socket(self._factory, conn)
+            except OSError as exc:
+                log.warning("proxy: cannot serve a connection from the backlog: %s", exc)
+                conn.close()
 
     async def _resume(self) -> None:
         try:
@@ -104,6 +116,24 @@ class Listener:
         for sock in self._sockets:
             server = await loop.create_server(self._factory, sock=sock.dup(), backlog=BACKLOG)
             self._servers.append(server)
+
+
+def _take_backlog(sock: socket.socket) -> list[socket.socket]:
+    """Accept what waits in a listening socket's backlog, without blocking."""
+    taken: list[socket.socket] = []
+    while len(taken) < BACKLOG:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError as exc:  # out of descriptors: the rest are reset when the socket closes
+            log.warning("proxy: cannot take the listen backlog at stop: %s", exc)
+            break
+        conn.setblocking(False)
+        if conn.family in (socket.AF_INET, socket.AF_INET6):
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        taken.append(conn)
+    return taken
 
 
 def _bind(host: str, port: int) -> list[socket.socket]:

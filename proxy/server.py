@@ -18,6 +18,9 @@ from .router import Router
 
 log = logging.getLogger(__name__)
 
+# At stop, how long idle keep-alive connections stay open for a request already on its way.
+LAST_CALL = 0.25
+
 
 class ProxyServer:
     """HTTP/1.1 reverse proxy in front of the pools a `Router` names."""
@@ -53,6 +56,15 @@ class ProxyServer:
         ctx = self._ctx
         ctx.stopping = True
         await self._listener.close()
+        for client in list(ctx.clients):
+            client.last_request()
+        if ctx.clients and grace > 0:
+            # A request already on its way over an idle keep-alive connection is answered
+            # (with Connection: close) if it arrives within this window; closing the idle
+            # connections at once would reset it unanswered.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(grace, LAST_CALL)):
+                    await ctx.all_closed.wait()
         for client in list(ctx.clients):
             client.shutdown()
         if ctx.clients:

@@ -187,10 +187,13 @@ class Daemon:
         await self._nursery.stop_orders()  # and refuse new ones
         self._scopes.closing = True  # one token sweep at the end instead of one per instance
         self._registry.cancel_bring_ups()
+        forced = self._forced.is_set()
+        # The proxy goes first, as nginx quits: it stops accepting, closes idle keep-alive
+        # connections and lets the requests under way finish on instances that are still up.
+        # Stopping the services first would answer those requests with errors.
+        await self.traffic.stop(grace=0.0 if forced else 5.0)
         await self.ctx.venvs.aclose()  # a build in flight is killed, its half-made venv removed
         await self._registry.shutdown()
-        forced = self._forced.is_set()
-        await self.traffic.stop(grace=0.0 if forced else 5.0)
         # Catch-all: a process that escaped its group (double fork + setsid) still carries our
         # token in its environment; nothing we started outlives the daemon.
         await asyncio.to_thread(kill_stale, self.token, {}, 0.5 if forced else 2.0)

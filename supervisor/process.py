@@ -226,9 +226,12 @@ async def stop_tree(
     pid = proc.pid
     tree = descendants(pid)
     if proc.returncode is None:
-        _signal_group(pid, sig)
-        if also is not None:
-            also(sig)  # the rest of the instance (its cgroup), escaped grandchildren included
+        for each in (sig, signal.SIGCONT):
+            # SIGCONT right behind the stop signal, as systemd sends it: a stopped (SIGSTOPped,
+            # traced) process cannot act on SIGTERM, and would hold its requests until SIGKILL.
+            _signal_group(pid, each)
+            if also is not None:
+                also(each)  # the rest of the instance (its cgroup), escaped grandchildren too
         try:
             async with asyncio.timeout(timeout):
                 await proc.wait()

@@ -613,7 +613,9 @@ def test_a_trickled_head_is_cut_at_the_header_timeout(
             sender.cancel()
             writer.close()
             assert answer == b"" or answer.startswith(b"HTTP/1.1 408 ")
-            assert 0.5 <= time.monotonic() - started < 2.0
+            # Closed within 5 s (closed_within), while the trickle (5.35 s) still kept it busy:
+            # the header deadline, not the idle rule. No tighter bound: the machine may be loaded.
+            assert time.monotonic() - started >= 0.5
             assert rec.received == b""
             assert 'corral_proxy_client_timeouts_total{kind="header"} 1' in p.server.metrics()
             await still_serves(p, rec)

@@ -194,6 +194,75 @@ def test_stop_lets_in_flight_requests_finish_and_refuses_new_ones(run: Runner) -
     run(scenario())
 
 
+def test_a_request_already_on_its_way_over_an_idle_connection_is_answered_at_stop(
+    run: Runner,
+) -> None:
+    async def scenario() -> None:
+        async with running_backend() as b:
+            router = Router()
+            router.set_routes([(RouteSpec(), make_pool([b]))])
+            server = ProxyServer(ProxySpec(listen=(("127.0.0.1", 0),)), router)
+            ((host, port),) = await server.start()
+            reader, writer = await asyncio.open_connection(host, port)
+            request = b"GET /echo HTTP/1.1\r\nHost: test\r\n\r\n"
+            writer.write(request)
+            first = await reader.readuntil(b"\r\n\r\n")
+            assert first.startswith(b"HTTP/1.1 200 ")
+            length = int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            # The connection is idle and kept alive; the next request is sent just as the
+            # proxy begins to stop. Closing idle connections at once would reset it unanswered.
+            stop = asyncio.create_task(server.stop(grace=10.0))
+            await wait_until(lambda: _refused(host, port), what="the listener closed")
+            writer.write(request)
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                rest = await reader.read()
+            writer.close()
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert b"connection: close" in head.lower()
+            assert len(rest) == int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await stop
+
+    run(scenario())
+
+
+def test_a_connection_waiting_in_the_backlog_is_answered_at_stop(run: Runner) -> None:
+    async def scenario() -> None:
+        async with running_backend() as b:
+            router = Router()
+            router.set_routes([(RouteSpec(), make_pool([b]))])
+            spec = ProxySpec(listen=(("127.0.0.1", 0),), max_connections=1)
+            server = ProxyServer(spec, router)
+            ((host, port),) = await server.start()
+            # One connection holds the only slot, so the next waits in the listen backlog:
+            # the kernel completed its handshake and holds its request, unaccepted.
+            _, held_w = await asyncio.open_connection(host, port)
+            await wait_until(lambda: server._ctx.full, what="the proxy to stop accepting")
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /echo HTTP/1.1\r\nHost: test\r\n\r\n")
+            await writer.drain()
+            async with asyncio.timeout(10):
+                await server.stop(grace=10.0)
+                head = await reader.readuntil(b"\r\n\r\n")
+                rest = await reader.read()
+            for w in (writer, held_w):
+                w.close()
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            assert b"connection: close" in head.lower()
+            assert len(rest) == int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+
+    run(scenario())
+
+
+def _refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def test_stop_is_bounded_by_grace(run: Runner) -> None:
     async def scenario() -> None:
         async with running_backend() as b, aiohttp.ClientSession() as s:

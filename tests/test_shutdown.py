@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from supervisor.daemon import Daemon
 from supervisor.errors import OrderInterrupted
 
 from .conftest import APPS, PY, all_ready, pid_alive, running_daemon, token_processes, wait_until
@@ -110,3 +111,124 @@ def _read_until(proc: subprocess.Popen[str], text: str) -> None:
         if text in line:
             return
     raise AssertionError(f"{text!r} never printed; got:\n{''.join(seen)}")
+
+
+async def test_shutdown_finishes_the_requests_under_way_before_stopping_instances(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(
+        f"""
+[proxy]
+listen = "127.0.0.1:0"
+
+[services.web]
+command = ["{PY}", "{APPS / "web.py"}"]
+port = "auto"
+venv = false
+route = {{ path = "/" }}
+"""
+    )
+    async with running_daemon(path) as daemon:
+        await wait_until(lambda: all_ready(daemon, "web", 1))
+        port = daemon.traffic.addresses[0][1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /sleep/1500 HTTP/1.1\r\nHost: test\r\n\r\n")
+        await writer.drain()
+        await wait_until(lambda: _in_flight(daemon) > 0, what="the request to reach the instance")
+        daemon.request_shutdown()
+        # Answered in full by the instance, which the shutdown stops only afterwards; the
+        # keep-alive connection is then closed instead of being offered another request.
+        async with asyncio.timeout(30):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            body = json.loads(await reader.readexactly(length))
+            assert await reader.read() == b""
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert body["path"] == "/sleep/1500"
+
+
+def _in_flight(daemon: Daemon) -> int:
+    pools = daemon.traffic.describe()["pools"]
+    assert isinstance(pools, dict)
+    return sum(int(b["in_flight"]) for backends in pools.values() for b in backends)
+
+
+async def _one_request(port: int) -> str:
+    """The outcome of one GET on a new connection: "refused", or the status line's code."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except (ConnectionRefusedError, ConnectionResetError):
+        # Reset at connect: it sat in the backlog of a listener that closed. Either way the
+        # client never sent its request, and may retry it anywhere.
+        return "refused"
+    try:
+        writer.write(b"GET /sleep/20 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        raw = await reader.read()
+    except ConnectionError:
+        return "reset"
+    finally:
+        writer.close()
+    return raw.split(b" ", 2)[1].decode() if raw else "no response"
+
+
+async def test_a_request_during_shutdown_is_refused_or_answered_never_failed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(
+        f"""
+[proxy]
+listen = "127.0.0.1:0"
+
+[services.web]
+command = ["{PY}", "{APPS / "web.py"}"]
+port = "auto"
+venv = false
+route = {{ path = "/" }}
+"""
+    )
+    outcomes: list[str] = []
+    async with running_daemon(path) as daemon:
+        await wait_until(lambda: all_ready(daemon, "web", 1))
+        port = daemon.traffic.addresses[0][1]
+        # A long request keeps the instance busy, so the shutdown takes a while.
+        slow = asyncio.create_task(asyncio.open_connection("127.0.0.1", port))
+        reader, writer = await slow
+        writer.write(b"GET /sleep/1500 HTTP/1.1\r\nHost: test\r\n\r\n")
+        await writer.drain()
+        await wait_until(lambda: _in_flight(daemon) > 0, what="the request to reach the instance")
+        daemon.request_shutdown()
+        # New clients while the daemon shuts down: nginx's graceful quit refuses them at
+        # connect once it stops listening; none is taken in and then answered with an error.
+        while not outcomes or outcomes[-1] != "refused":
+            outcomes.append(await _one_request(port))
+        await reader.read()
+        writer.close()
+    assert set(outcomes) <= {"200", "refused"}, outcomes
+
+
+async def test_a_stopped_process_is_woken_so_it_can_act_on_its_stop_signal(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(
+        f"""
+[services.web]
+command = ["{PY}", "{APPS / "web.py"}"]
+port = "auto"
+venv = false
+stop_timeout = "10m"
+"""
+    )
+    async with running_daemon(path) as daemon:
+        await wait_until(lambda: all_ready(daemon, "web", 1))
+        pid = next(r["pid"] for r in daemon.ps())
+        assert isinstance(pid, int)
+        os.kill(pid, signal.SIGSTOP)
+        async with asyncio.timeout(30):
+            await daemon.stop(["web"])
+        row = next(r for r in daemon.ps())
+        # It handled SIGTERM and exited 0 (SIGCONT woke it), not SIGKILLed ten minutes later.
+        assert row["last_exit"] == 0, row

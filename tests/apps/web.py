@@ -4,6 +4,7 @@ Answers every path with JSON naming the instance; /healthz is 200 unless a file 
 `unhealthy` (or `unhealthy.<index>`) exists in the working directory.
 Env: CRASH_INSTANCE=N makes instance N exit 3 at once; SPAWN_CHILD=1 forks a grandchild that
 sleeps forever (and ignores SIGTERM) to test tree killing; IGNORE_TERM=1 ignores SIGTERM.
+`/sleep/MS` answers after MS milliseconds (a request under way).
 """
 
 import asyncio
@@ -38,6 +39,10 @@ class Handler(asyncio.Protocol):
         while b"\r\n\r\n" in self.buffer:
             head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
             path = head.split(b" ", 2)[1].decode()
+            if path.startswith("/sleep/"):
+                delay = int(path.removeprefix("/sleep/")) / 1000
+                asyncio.get_running_loop().call_later(delay, self.respond, path)
+                continue
             self.respond(path)
             if b"HTTP/1.0" in head.split(b"\r\n", 1)[0] or b"connection: close" in head.lower():
                 self.transport.close()  # type: ignore[attr-defined]

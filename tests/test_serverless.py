@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from subprocess import PIPE, STDOUT
 
 import psutil
 import pytest
@@ -114,6 +116,13 @@ async def test_the_first_request_at_zero_waits_for_a_cold_start_and_succeeds(
         text = render(daemon) + daemon.autoscaler_metrics()
         assert 'corral_cold_start_seconds_count{service="fn",kind="start"} 1' in text
         assert 'corral_scale_decisions_total{service="fn",direction="up"} 1' in text
+        promtool = shutil.which("promtool")
+        if promtool is not None:  # the real linter, where installed (it is in CI)
+            proc = await asyncio.create_subprocess_exec(
+                promtool, "check", "metrics", stdin=PIPE, stdout=PIPE, stderr=STDOUT
+            )
+            out, _ = await proc.communicate(text.encode())
+            assert proc.returncode == 0, out.decode()
         (line,) = scale_lines(daemon.status())
         assert line.startswith("fn: autoscaled 0-2, 1 ready of 1 desired: "), line
         assert "1 cold start" in line
@@ -284,3 +293,41 @@ async def test_a_service_stopped_by_order_refuses_at_once_and_start_holds_again(
         await daemon.start(["fn"])
         status, _, _ = await _get(port, "/slow?ms=1")
         assert status == 200
+
+
+async def test_a_reload_moves_min_and_can_turn_autoscaling_off(tmp_path: Path) -> None:
+    async with _daemon(tmp_path, _stack('min = 0, max = 3, idle_timeout = "30s"')) as (
+        daemon,
+        port,
+    ):
+        await wait_until(lambda: _scale(daemon)["reason"] == "idle", what="idle at zero")
+        path = daemon.plan.path
+        path.write_text(_stack('min = 1, max = 3, idle_timeout = "30s"'))
+        await daemon.reload()
+        # No request: min alone brings one up.
+        await wait_until(lambda: _scale(daemon)["ready"] == 1, timeout=20, what="min 1 ready")
+        path.write_text(_stack("").replace("scale = {  }", "instances = 2"))
+        await daemon.reload()
+        await wait_until(
+            lambda: [r["state"] for r in daemon.ps()] == ["ready", "ready"],
+            timeout=20,
+            what="two fixed instances",
+        )
+        assert "autoscale" not in daemon.status()["services"]["fn"]
+        await wait_until(lambda: daemon.autoscaler_metrics() == "", what="no longer followed")
+        assert (await _get(port, "/slow?ms=1"))[0] == 200
+
+
+async def test_held_requests_are_forwarded_in_arrival_order(tmp_path: Path) -> None:
+    # One instance taking one request at a time: the order they reach it is the order the
+    # proxy handed them on.
+    scale = 'min = 0, max = 1, concurrency = 1, idle_timeout = "30s"'
+    async with _daemon(tmp_path, _stack(scale, 'START_DELAY = "1"')) as (daemon, port):
+        pool = daemon.traffic.pools["fn"]
+        sent = []
+        for i in range(5):
+            sent.append(asyncio.create_task(_get(port, f"/slow?ms=20&i={i}")))
+            await wait_until(lambda n=i + 1: pool.queued == n, what=f"request {i} held")
+        answers = await asyncio.gather(*sent)
+        assert [a[0] for a in answers] == [200] * 5, answers
+        assert [json.loads(a[2])["seq"] for a in answers] == [1, 2, 3, 4, 5]

@@ -2,7 +2,8 @@
 
 GET /slow?ms=N answers after N ms; every answer is JSON with the instance, its pid and how
 many requests this process had under way when the request arrived (`concurrent`, counting
-itself), so a test can see whether two requests ever shared an instance. /healthz is 200.
+itself), so a test can see whether two requests ever shared an instance, and `seq`, the how-manyth
+request (health checks aside) this process got. /healthz is 200.
 Env: START_DELAY=seconds before listening (a slow cold start); NEVER_READY=1 never listens;
 CRASH_AFTER=N exits 1 a moment (0.2 s) after answering its Nth request: a crash with no
 request under way.
@@ -22,10 +23,11 @@ CRASH_AFTER = int(os.environ.get("CRASH_AFTER", "0"))
 STARTED = time.time()
 under_way = 0
 answered = 0
+arrived = 0
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    global under_way, answered
+    global under_way, answered, arrived
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -33,6 +35,9 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             url = urlsplit(target)
             under_way += 1
             concurrent = under_way
+            if url.path != "/healthz":
+                arrived += 1
+            seq = arrived
             try:
                 if url.path == "/slow":
                     ms = float(parse_qs(url.query).get("ms", ["100"])[0])
@@ -45,6 +50,7 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                     "pid": os.getpid(),
                     "path": url.path,
                     "concurrent": concurrent,
+                    "seq": seq,
                     "up_s": round(time.time() - STARTED, 3),
                 }
             ).encode()

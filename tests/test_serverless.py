@@ -20,7 +20,15 @@ from supervisor.errors import TargetError
 from supervisor.metrics import render
 from supervisor.output import scale_lines
 
-from .conftest import APPS, PY, running_daemon, token_processes, wait_until, write_config
+from .conftest import (
+    APPS,
+    PY,
+    http_exchange,
+    running_daemon,
+    token_processes,
+    wait_until,
+    write_config,
+)
 
 
 def _stack(scale: str, env: str = "", health: str = "") -> str:
@@ -47,19 +55,8 @@ async def _daemon(tmp_path: Path, text: str) -> AsyncIterator[tuple[Daemon, int]
         yield daemon, daemon.traffic.addresses[0][1]
 
 
-async def _get(port: int, path: str = "/", timeout: float = 20.0) -> tuple[int, str, bytes]:
-    """One HTTP/1.0 GET; (status, head, body)."""
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(f"GET {path} HTTP/1.0\r\nHost: fn\r\n\r\n".encode())
-            raw = await reader.read()
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-    head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), head.decode("latin-1"), body
+async def _get(port: int, path: str = "/") -> tuple[int, str, bytes]:
+    return await http_exchange(port, path, timeout=20.0, host="fn")
 
 
 def _scale(daemon: Daemon) -> dict[str, object]:

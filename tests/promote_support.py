@@ -17,7 +17,7 @@ ROOT = Path(__file__).parent.parent
 SHOP = ROOT / "examples" / "shop"
 APPS = Path(__file__).parent / "apps"
 GOLDEN = Path(__file__).parent / "golden" / "promote"
-SCHEMA = ROOT.parent / "shared" / "schemas" / "compose-spec.json"
+SCHEMA = Path(__file__).parent / "schemas" / "compose-spec.json"  # see schemas/README.md
 CORRAL_SOURCE = "corral-proxy/corral/"  # the copy of Corral itself in the entry image's context
 
 

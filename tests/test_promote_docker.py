@@ -30,7 +30,9 @@ from .promote_support import APPS, copy_shop
 # Image builds from nothing (a clean CI machine) take minutes, not the suite's 60 s per test.
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
-PROJECT = "shoptest"
+# One per test run: two suites on one engine (developers side by side) must not share stacks,
+# networks or images.
+PROJECT = f"shoptest{os.getpid()}"
 BASE_IMAGE = "python:3.11-slim"
 CORRAL = [sys.executable, "-m", "supervisor"]
 

@@ -116,19 +116,7 @@ def _read_until(proc: subprocess.Popen[str], text: str) -> None:
 async def test_shutdown_finishes_the_requests_under_way_before_stopping_instances(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "corral.toml"
-    path.write_text(
-        f"""
-[proxy]
-listen = "127.0.0.1:0"
-
-[services.web]
-command = ["{PY}", "{APPS / "web.py"}"]
-port = "auto"
-venv = false
-route = {{ path = "/" }}
-"""
-    )
+    path = _web_behind_the_proxy(tmp_path)
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 1))
         port = daemon.traffic.addresses[0][1]
@@ -147,6 +135,23 @@ route = {{ path = "/" }}
         writer.close()
         assert head.startswith(b"HTTP/1.1 200 ")
         assert body["path"] == "/sleep/1500"
+
+
+def _web_behind_the_proxy(tmp_path: Path) -> Path:
+    path = tmp_path / "corral.toml"
+    path.write_text(
+        f"""
+[proxy]
+listen = "127.0.0.1:0"
+
+[services.web]
+command = ["{PY}", "{APPS / "web.py"}"]
+port = "auto"
+venv = false
+route = {{ path = "/" }}
+"""
+    )
+    return path
 
 
 def _in_flight(daemon: Daemon) -> int:
@@ -176,19 +181,7 @@ async def _one_request(port: int) -> str:
 async def test_a_request_during_shutdown_is_refused_or_answered_never_failed(
     tmp_path: Path,
 ) -> None:
-    path = tmp_path / "corral.toml"
-    path.write_text(
-        f"""
-[proxy]
-listen = "127.0.0.1:0"
-
-[services.web]
-command = ["{PY}", "{APPS / "web.py"}"]
-port = "auto"
-venv = false
-route = {{ path = "/" }}
-"""
-    )
+    path = _web_behind_the_proxy(tmp_path)
     outcomes: list[str] = []
     async with running_daemon(path) as daemon:
         await wait_until(lambda: all_ready(daemon, "web", 1))

@@ -19,6 +19,14 @@ from .model import ENTRY, Probe, Stack, Workload
 from .verdict import Findings, Verdict, judge_fixed_scale, judge_supervision
 
 FILE = "compose.yaml"
+# Docker's healthcheck start_period is Corral's start: failing probes then mean "starting".
+DOCKER_START_TIMEOUT = (
+    Verdict.APPROXIMATED,
+    "healthcheck start_period = the longer of health.start_period and start_timeout: probe "
+    "failures while starting do not count; a container still failing after it is marked "
+    "unhealthy, not stopped and failed",
+)
+
 _CONDITIONS = {
     DependCondition.STARTED: "service_started",
     DependCondition.HEALTHY: "service_healthy",
@@ -94,8 +102,8 @@ def healthcheck(probe: Probe) -> dict[str, Any]:
         "timeout": format_duration(probe.timeout),
         "retries": probe.retries,
     }
-    if probe.start_period:
-        check["start_period"] = format_duration(probe.start_period)
+    if probe.docker_start_period:
+        check["start_period"] = format_duration(probe.docker_start_period)
     return check
 
 
@@ -239,11 +247,12 @@ def _judge_compose(w: Workload, found: Findings) -> None:
     judge_supervision(
         found,
         spec,
-        start="compose has no start timeout or minimum uptime",
+        start="compose has no minimum uptime",
         loops=Verdict.APPROXIMATED,
         loops_note=DOCKER_BACKOFF,
         surge=(Verdict.APPROXIMATED, "compose recreates a container: stop, then start"),
         in_place=(Verdict.MAPPED, "compose recreates a container in place: stop, then start"),
+        start_timeout=DOCKER_START_TIMEOUT if w.probe is not None else None,
     )
     judge_depends(w, found, exact=True)
 

@@ -6,7 +6,7 @@ swarm and k8s targets; here those settings are reported as dropped, with where t
 
 from __future__ import annotations
 
-from .compose import judge_health
+from .compose import DOCKER_START_TIMEOUT, judge_health
 from .dockerfile import judge_image, render_image
 from .model import Stack
 from .verdict import PROXY, Findings, Verdict, field_paths
@@ -44,8 +44,12 @@ def render(stack: Stack, found: Findings) -> dict[str, str]:
         found.mapped(name, "auto_port", "see port")
         found.mapped(name, "app", "not needed: the image runs the command")
         judge_health(w, found, replaced_by=None)
+        if w.probe is not None:
+            found.record(name, "start_timeout", *DOCKER_START_TIMEOUT)
         for field in field_paths(spec):
             if field.startswith("health.") or field in _IMAGE_FIELDS:
+                continue
+            if field == "start_timeout" and w.probe is not None:
                 continue
             found.unless_default(spec, field, Verdict.DROPPED, ELSEWHERE, "not set")
     if stack.plan.proxy is not None:

@@ -54,7 +54,8 @@ def healthcheck_test(probe: Probe) -> list[str]:
 
 def healthcheck_line(probe: Probe) -> str:
     """The HEALTHCHECK instruction for `probe` (Docker 20.10 rejects --start-period=0s)."""
-    start = f"--start-period={format_duration(probe.start_period)} " if probe.start_period else ""
+    period = probe.docker_start_period
+    start = f"--start-period={format_duration(period)} " if period else ""
     return (
         f"HEALTHCHECK --interval={format_duration(probe.interval)} "
         f"--timeout={format_duration(probe.timeout)} {start}--retries={probe.retries} "

@@ -59,6 +59,14 @@ class Probe:
     retries: int
     start_period: float
     liveness: bool  # unhealthy instances are restarted
+    # Corral's start_timeout: until then a failing check means "still starting", never
+    # "unhealthy" (Docker's start_period is the same idea; Kubernetes' readiness never fails).
+    start_timeout: float = 0.0
+
+    @property
+    def docker_start_period(self) -> float:
+        """Docker's start_period: probe failures in it do not count, as in Corral's start."""
+        return max(self.start_period, self.start_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,7 +263,17 @@ def _probe(spec: ServiceSpec, port: int | None) -> Probe | None:
         if port is None:
             return None
         # Corral's readiness without a check: the port accepts a connection.
-        return Probe(HealthKind.TCP, "", (), 2.0, 1.0, 3, 0.0, liveness=False)
+        return Probe(
+            HealthKind.TCP,
+            "",
+            (),
+            2.0,
+            1.0,
+            3,
+            0.0,
+            liveness=False,
+            start_timeout=spec.start_timeout,
+        )
     command = tuple(arg.replace("{port}", str(port)) for arg in health.command)
     return Probe(
         kind=health.kind,
@@ -266,6 +284,7 @@ def _probe(spec: ServiceSpec, port: int | None) -> Probe | None:
         retries=health.retries,
         start_period=health.start_period,
         liveness=health.restart_unhealthy,
+        start_timeout=spec.start_timeout,
     )
 
 

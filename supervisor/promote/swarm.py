@@ -16,7 +16,12 @@ from typing import Any
 from config.model import RestartPolicy
 from config.units import format_duration
 
-from .compose import entry_service, judge_depends, judge_routes, service_entry
+from .compose import (
+    entry_service,
+    judge_depends,
+    judge_routes,
+    service_entry,
+)
 from .dockerfile import render_image
 from .entry import judge_idle_proxy, judge_proxy, render_entry
 from .model import ENTRY, Stack, Workload
@@ -98,6 +103,15 @@ def _deploy(w: Workload) -> dict[str, Any]:
     return deploy
 
 
+# As in compose, and a task still failing after it is unhealthy and replaced, where Corral
+# would fail the instance and retry it after a cool-down.
+_START_TIMEOUT = (
+    Verdict.APPROXIMATED,
+    "healthcheck start_period = the longer of health.start_period and start_timeout: probe "
+    "failures while starting do not count; a task still failing after it is replaced",
+)
+
+
 def _judge_swarm(w: Workload, found: Findings) -> None:
     spec, name = w.spec, w.name
     found.mapped(name, "restart", f"deploy.restart_policy.condition: {_CONDITION[w.restart]}")
@@ -127,10 +141,11 @@ def _judge_swarm(w: Workload, found: Findings) -> None:
     judge_supervision(
         found,
         spec,
-        start="swarm has no start timeout or minimum uptime of its own",
+        start="swarm has no minimum uptime of its own",
         loops=Verdict.APPROXIMATED,
         loops_note="restart_policy: max_attempts within window, then swarm stops retrying",
         surge=(Verdict.MAPPED, "update_config order start-first"),
         in_place=(Verdict.APPROXIMATED, "update_config order start-first: swarm surges"),
+        start_timeout=_START_TIMEOUT if w.probe is not None else None,
     )
     judge_depends(w, found, exact=False)

@@ -206,12 +206,17 @@ def judge_supervision(
     surge: tuple[Verdict, str],
     in_place: tuple[Verdict, str],
     loops_default: str = "default",
+    start_timeout: tuple[Verdict, str] | None = None,
 ) -> None:
     """Verdicts on min_uptime, start_timeout, crash_loop, crash_cooldown and roll.
 
-    `surge` / `in_place`: how the target's own updates compare with each kind of roll.
+    `surge` / `in_place`: how the target's own updates compare with each kind of roll;
+    `start_timeout`: what the target makes of it, where it is more than `start` says.
     """
     for field in START_FIELDS:
+        if field == "start_timeout" and start_timeout is not None:
+            found.record(spec.name, field, *start_timeout)
+            continue
         found.unless_default(spec, field, Verdict.DROPPED, start, "default")
     for field in CRASH_LOOP_FIELDS:
         found.unless_default(spec, field, loops, loops_note, loops_default)

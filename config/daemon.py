@@ -2,12 +2,19 @@
 
 State is per config file, so that two configs in one directory never share a daemon:
 `corral.toml` keeps the short `.corral/`, any other file `x.toml` gets `.corral/configs/x.toml/`.
+
+Under the unit `corral systemd-unit` writes (which sets CORRAL_UNIT), the defaults are the
+directories systemd made for it instead: $STATE_DIRECTORY (state, venvs), $LOGS_DIRECTORY and
+$RUNTIME_DIRECTORY (the socket). Explicit [daemon] keys win either way. The CLI, which does
+not run in the unit's environment, finds such a daemon's socket where RuntimeDirectory= puts
+it (`unit_socket`), so `corral ps` in the project directory talks to the unit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 import tomllib
 from collections.abc import Mapping
@@ -25,17 +32,22 @@ MAX_LOG_KEEP = 1000
 MAX_TAIL_LINES = 100_000
 MAX_LOG_SIZE = 1 << 40  # 1 TiB
 
-_ALLOWED = ("state_dir", "socket", "log_max_size", "log_keep", "log_tail_lines")
+_ALLOWED = ("state_dir", "socket", "logs_dir", "log_max_size", "log_keep", "log_tail_lines")
+UNIT_ENV = "CORRAL_UNIT"  # set by the generated systemd unit (Environment=CORRAL_UNIT=%n)
+_UNIT_NAME = re.compile(r"[^a-z0-9_-]+")
 
 
 def read_daemon(
-    top: Table, config_path: Path, environ: Mapping[str, str] | None = None
+    top: Table, config_path: Path, environ: Mapping[str, str] | None = None, project: str = ""
 ) -> DaemonSpec:
     """DaemonSpec for an absolute `config_path`; relative paths hang off its directory."""
     environ = os.environ if environ is None else environ
     table = top.table("daemon", _ALLOWED) or Table({}, "daemon", top.file, _ALLOWED)
     root = config_path.parent
-    state_dir = table.filepath("state_dir", default_state_dir(config_path), root)
+    unit = unit_directories(environ)
+    state_dir = table.filepath(
+        "state_dir", unit.get("state") or default_state_dir(config_path), root
+    )
     st = table.stat("state_dir", state_dir)
     if st is not None and not stat.S_ISDIR(st.st_mode):
         raise table.error(
@@ -57,18 +69,64 @@ def read_daemon(
                 f"expected a path of at most {MAX_SOCKET_PATH} bytes (the AF_UNIX limit), "
                 f"got {socket} ({len(os.fsencode(socket))} bytes)",
             )
+    elif "runtime" in unit:
+        socket = Path(unit["runtime"]) / "corral.sock"
     else:
-        socket = default_socket(state_dir, config_path, environ)
+        socket = unit_socket(project, environ) or default_socket(state_dir, config_path, environ)
+    logs_dir = table.filepath("logs_dir", unit.get("logs") or str(state_dir / "logs"), root)
     size = table.size("log_max_size", 10 * 1024 * 1024)
     if not 0 < size <= MAX_LOG_SIZE:
         raise table.expected("log_max_size", 'a size > 0 and at most "1TB", like "10MB"')
     return DaemonSpec(
         state_dir=state_dir,
         socket=socket,
+        logs_dir=logs_dir,
         log_max_bytes=size,
         log_keep=table.integer("log_keep", 5, maximum=MAX_LOG_KEEP),
         log_tail_lines=table.integer("log_tail_lines", 1000, maximum=MAX_TAIL_LINES),
     )
+
+
+def unit_directories(environ: Mapping[str, str]) -> dict[str, str]:
+    """{"state", "logs", "runtime"}: the directories systemd made for our unit, if we run in it.
+
+    Only with CORRAL_UNIT set: a daemon started from a shell inside some other unit inherits
+    that unit's $STATE_DIRECTORY, which is not ours."""
+    if not environ.get(UNIT_ENV):
+        return {}
+    found = {}
+    for key, name in (("state", "STATE_DIRECTORY"), ("logs", "LOGS_DIRECTORY")):
+        if value := environ.get(name, "").split(":")[0]:
+            found[key] = value
+    if value := environ.get("RUNTIME_DIRECTORY", "").split(":")[0]:
+        found["runtime"] = value
+    return found
+
+
+def unit_name(project: str) -> str:
+    """The systemd unit of a project, without ".service": "corral-shop"."""
+    return "corral-" + (_UNIT_NAME.sub("-", project.lower()).strip("-") or "project")
+
+
+def runtime_subdir(project: str) -> str:
+    """RuntimeDirectory= (and StateDirectory=, LogsDirectory=) of a project's unit: "corral/shop"."""
+    return "corral/" + unit_name(project).removeprefix("corral-")
+
+
+def unit_socket(project: str, environ: Mapping[str, str]) -> Path | None:
+    """The socket of this project's systemd unit (system or user), if one is running."""
+    if not project:
+        return None
+    bases = [Path("/run")] if os.geteuid() == 0 else []
+    bases.append(Path(environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"))
+    for base in bases:
+        candidate = base / runtime_subdir(project) / "corral.sock"
+        try:
+            if stat.S_ISSOCK(candidate.lstat().st_mode):
+                return candidate
+        except OSError:
+            continue
+    return None
 
 
 def _explicit(table: Table, name: str) -> str:
@@ -117,8 +175,12 @@ def socket_of(config_path: Path) -> Path:
     except OSError as exc:
         raise ConfigError(config_path, "", f"cannot read: {exc.strerror or exc}") from None
     state_dir, socket = default_state_dir(config_path), None
+    project = config_path.parent.name
     try:
-        daemon = tomllib.loads(raw.decode("utf-8")).get("daemon", {})
+        data = tomllib.loads(raw.decode("utf-8"))
+        daemon = data.get("daemon", {})
+        if isinstance(data.get("project"), str):
+            project = data["project"]
     except (ValueError, RecursionError):  # not UTF-8, not TOML, or absurd: use the defaults
         daemon = {}
     if isinstance(daemon, dict):
@@ -128,4 +190,6 @@ def socket_of(config_path: Path) -> Path:
     root = config_path.parent
     if isinstance(socket, str):
         return root / Path(socket).expanduser()
-    return default_socket(root / Path(state_dir).expanduser(), config_path)
+    return unit_socket(project, os.environ) or default_socket(
+        root / Path(state_dir).expanduser(), config_path
+    )

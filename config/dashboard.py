@@ -19,24 +19,30 @@ def read_dashboard(
     table = top.table("dashboard", _ALLOWED)
     if table is None or not table.has("listen"):
         return DashboardSpec()
+    listen = read_listen(table, 9100)
+    check_free(table, listen, services, proxy)
+    return DashboardSpec(listen=listen)
+
+
+def read_listen(table: Table, example: int) -> tuple[str, int]:
+    """`table`'s `listen` address (the dashboard's, the metrics'); `example` port for errors."""
     value = table.data["listen"]
     try:
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise ValueError(value)
-        listen = parse_address(value)  # a bare port means 127.0.0.1: never the LAN by accident
+        return parse_address(value)  # a bare port means 127.0.0.1: never the LAN by accident
     except ValueError:
-        what = 'an address like "127.0.0.1:9100", ":9100" or 9100'
+        what = f'an address like "127.0.0.1:{example}", ":{example}" or {example}'
         raise table.error("listen", f"expected {what}, got {show(value)}") from None
-    _check_free(table, listen, services, proxy)
-    return DashboardSpec(listen=listen)
 
 
-def _check_free(
+def check_free(
     table: Table,
     listen: tuple[str, int],
     services: Sequence[ServiceSpec],
     proxy: ProxySpec | None,
 ) -> None:
+    """Refuse a `listen` port the proxy or a service's fixed ports already use."""
     port = listen[1]
     if port == 0:
         return  # any free port, chosen at bind time

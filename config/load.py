@@ -14,6 +14,7 @@ from config.dashboard import read_dashboard
 from config.errors import ConfigError
 from config.graph import find_cycle, toposort
 from config.interpolate import interpolate
+from config.metrics import read_metrics
 from config.model import Plan, ProxySpec, Roll, RouteSpec, ServiceSpec
 from config.proxy import read_proxy
 from config.service import NAME, read_service
@@ -80,15 +81,16 @@ def _check_depth(data: dict[str, object], file: Path) -> None:
 def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
     config_path = file.resolve()
     root = config_path.parent
-    top = Table(data, "", file, ("project", "daemon", "proxy", "dashboard", "services"))
+    top = Table(data, "", file, ("project", "daemon", "proxy", "dashboard", "metrics", "services"))
     project = top.text("project", root.name or "corral")
     if not project:
         raise top.expected("project", "a non-empty name")
-    daemon = read_daemon(top, config_path, environ)
+    daemon = read_daemon(top, config_path, environ, project)
     proxy = read_proxy(top)
     services = _read_services(top, file, root, environ)
     check_services(services, proxy, file)
     dashboard = read_dashboard(top, services, proxy)
+    metrics = read_metrics(top, services, proxy, dashboard)
     services = _default_route(services, proxy)
     check_autoscaled(services, proxy, file)
     services = _resolve_rolls(services, proxy)
@@ -99,6 +101,7 @@ def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
         daemon=daemon,
         proxy=proxy,
         dashboard=dashboard,
+        metrics=metrics,
     )
 
 

@@ -136,6 +136,18 @@ class ScaleSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class CgroupLimits:
+    """cgroup v2 caps on each instance's cgroup (`cgroup = { ... }`); None: not capped."""
+
+    memory_max: int | None = None  # bytes → memory.max (the OOM killer acts above it)
+    cpu_max: float | None = None  # CPUs → cpu.max (throttled above it)
+    pids_max: int | None = None  # → pids.max (fork fails above it)
+
+    def any(self) -> bool:
+        return any(v is not None for v in (self.memory_max, self.cpu_max, self.pids_max))
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceSpec:
     name: str
     command: tuple[str, ...]  # argv template; "{port}" is replaced per instance
@@ -184,10 +196,18 @@ class ServiceSpec:
     max_surge: int = 1
     watch: tuple[str, ...] = ()
     watch_ignore: tuple[str, ...] = ()
+    # Resources and identity (config/limits.py, docs/systemd.md).
+    memory_limit: int | None = None  # bytes of the process tree's RSS; restart above it ...
+    memory_grace: float = 30.0  # ... once it has stayed above for this long
+    rlimits: Mapping[str, tuple[int, int]] = field(default_factory=_empty)  # (soft, hard)
+    cgroup: CgroupLimits = field(default_factory=CgroupLimits)
+    user: str | None = None  # run as (name or uid); the daemon must be root
+    group: str | None = None  # default: the user's primary group
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "env", frozen_map(self.env))
         object.__setattr__(self, "depends_on", frozen_map(self.depends_on))
+        object.__setattr__(self, "rlimits", frozen_map(self.rlimits))
 
     @property
     def has_port(self) -> bool:
@@ -227,8 +247,9 @@ class ProxySpec:
 
 @dataclass(frozen=True, slots=True)
 class DaemonSpec:
-    state_dir: Path  # venvs, logs, state file
+    state_dir: Path  # venvs, state file (and logs, by default)
     socket: Path
+    logs_dir: Path  # instance output (default: state_dir / "logs")
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5
     log_tail_lines: int = 1000
@@ -237,6 +258,13 @@ class DaemonSpec:
 @dataclass(frozen=True, slots=True)
 class DashboardSpec:
     """The web dashboard: always on the control socket, on TCP only when `listen` is set."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsSpec:
+    """/metrics: always on the control socket, also on TCP (for Prometheus) with `listen`."""
 
     listen: tuple[str, int] | None = None
 
@@ -251,6 +279,7 @@ class Plan:
     daemon: DaemonSpec
     proxy: ProxySpec | None = None
     dashboard: DashboardSpec = field(default_factory=DashboardSpec)
+    metrics: MetricsSpec = field(default_factory=MetricsSpec)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "services", frozen_map(self.services))

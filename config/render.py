@@ -33,12 +33,15 @@ def render(plan: Plan) -> str:
         f"project {plan.project} ({plan.path})",
         f"  state_dir   {_relative(plan.daemon.state_dir, root)}",
         f"  socket      {_relative(plan.daemon.socket, root)}",
-        f"  logs        {format_size(plan.daemon.log_max_bytes)} x {plan.daemon.log_keep} files",
+        f"  logs        {format_size(plan.daemon.log_max_bytes)} x {plan.daemon.log_keep} files"
+        + _logs_dir(plan, root),
         "  proxy       "
         + (", ".join(format_address(a) for a in plan.proxy.listen) if plan.proxy else "off"),
     ]
     if plan.dashboard.listen is not None:
         lines.append(f"  dashboard   {format_address(plan.dashboard.listen)} (and the socket)")
+    if plan.metrics.listen is not None:
+        lines.append(f"  metrics     {format_address(plan.metrics.listen)} (and the socket)")
     for spec in plan.services.values():
         lines += ["", *_service_lines(spec, root, proxied=plan.proxy is not None)]
     return "\n".join(lines) + "\n"
@@ -87,6 +90,7 @@ def _service_lines(spec: ServiceSpec, root: Path, proxied: bool) -> list[str]:
         fields["crash_loop"] = crash_loop
     if spec.watch:
         fields["watch"] = ", ".join(spec.watch)
+    fields.update(_limits(spec))
     return [spec.name] + [f"  {key:<11} {value}" for key, value in fields.items()]
 
 
@@ -105,6 +109,44 @@ def _scale(scale: ScaleSpec) -> str:
             f"cold start within {format_duration(scale.cold_start_timeout)}"
         )
     return text
+
+
+def _limits(spec: ServiceSpec) -> dict[str, str]:
+    """The resource and identity lines of a service, for the keys it sets."""
+    fields = {}
+    if spec.user is not None:
+        fields["run as"] = spec.user + (f":{spec.group}" if spec.group else "")
+    if spec.memory_limit is not None:
+        fields["memory"] = (
+            f"restart above {format_size(spec.memory_limit)} RSS "
+            f"for {format_duration(spec.memory_grace) or '0s'}"
+        )
+    caps = spec.cgroup
+    parts = []
+    if caps.memory_max is not None:
+        parts.append(f"memory.max {format_size(caps.memory_max)}")
+    if caps.cpu_max is not None:
+        parts.append(f"cpu.max {caps.cpu_max:g} CPUs")
+    if caps.pids_max is not None:
+        parts.append(f"pids.max {caps.pids_max}")
+    if parts:
+        fields["cgroup"] = ", ".join(parts)
+    if spec.rlimits:
+        fields["rlimits"] = ", ".join(
+            f"{name}={_rlimit(soft)}" + ("" if soft == hard else f":{_rlimit(hard)}")
+            for name, (soft, hard) in spec.rlimits.items()
+        )
+    return fields
+
+
+def _rlimit(value: int) -> str:
+    return "unlimited" if value < 0 else str(value)
+
+
+def _logs_dir(plan: Plan, root: Path) -> str:
+    if plan.daemon.logs_dir == plan.daemon.state_dir / "logs":
+        return ""
+    return f" in {_relative(plan.daemon.logs_dir, root)}"
 
 
 def _roll(spec: ServiceSpec) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from config.environment import env_file_paths, read_environment
 from config.health import read_health
+from config.limits import read_cgroup, read_identity, read_memory_limit, read_rlimits
 from config.model import Balance, CrashLoop, DependCondition, RestartPolicy, Roll, ServiceSpec
 from config.routing import read_hash_key, read_route, read_weights
 from config.scale import read_scale
@@ -27,6 +28,7 @@ _ALLOWED = (
     *("crash_limit", "crash_window", "backoff", "route", "balance", "hash_on", "weight"),
     *("drain_timeout", "max_surge", "watch", "watch_ignore", "app"),
     *("min_uptime", "start_timeout", "crash_loop", "crash_cooldown", "roll", "scale"),
+    *("memory_limit", "memory_grace", "rlimits", "cgroup", "user", "group"),
 )
 # "module:attr" as uvicorn, gunicorn and Mangum users write it: dotted names on both sides.
 _APP = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*")
@@ -60,6 +62,8 @@ def read_service(
     backoff_initial, backoff_max = _read_backoff(table)
     cooldown_initial, cooldown_max = _read_cooldown(table)
     weights, default_weight = read_weights(table, most)
+    memory_limit, memory_grace = read_memory_limit(table)
+    user, group = read_identity(table)
     return ServiceSpec(
         name=name,
         command=command,
@@ -99,6 +103,12 @@ def read_service(
         max_surge=table.integer("max_surge", 1, minimum=1),
         watch=table.strings("watch"),
         watch_ignore=table.strings("watch_ignore"),
+        memory_limit=memory_limit,
+        memory_grace=memory_grace,
+        rlimits=read_rlimits(table),
+        cgroup=read_cgroup(table),
+        user=user,
+        group=group,
     )
 
 

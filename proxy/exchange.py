@@ -473,6 +473,8 @@ class Exchange:
             log.debug("retrying %s after a stale keep-alive connection", self.describe())
             self._retry()
         elif decision.retry is retry.Retry.ANOTHER:
+            if self.head.route is not None:
+                self.head.route.pool.retries += 1
             log.info("retrying %s on another backend: %s", self.describe(), why)
             self._retry()
         else:
@@ -556,6 +558,7 @@ class Exchange:
         status = self.status
         if route is not None and 100 <= status < 600:
             route.counts[status // 100 - 1] += 1
+            route.latency.observe(time.monotonic() - self.started)
         if client.ctx.access_log:
             self._log_access()
         client.exchange_finished(self, close=close, abort=abort)

@@ -48,6 +48,18 @@ class Listener:
             raise
         return bound
 
+    async def adopt(self, sockets: list[socket.socket]) -> list[tuple[str, int]]:
+        """Serve listening sockets someone else bound (socket activation); their addresses."""
+        self._sockets = list(sockets)
+        try:
+            self._accepting = True
+            await self._serve()
+        except BaseException:
+            await self.close()
+            raise
+        names = [sock.getsockname() for sock in self._sockets]
+        return [(str(name[0]), int(name[1])) for name in names]
+
     def accept(self, on: bool) -> None:
         """Start (True) or stop (False) accepting new connections."""
         if on == self._accepting or not self._sockets:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 from . import prometheus as prom
 from .backend import LATENCY_BUCKETS
@@ -40,6 +41,19 @@ def render(ctx: Context, router: Router) -> str:
     )
     per_backend("corral_proxy_backend_ready", "gauge", "1 when the backend is ready.", "ready")
     per_backend("corral_proxy_backend_draining", "gauge", "1 while the backend drains.", "draining")
+    now = time.monotonic()
+    out.extend(
+        prom.family(
+            "corral_proxy_backend_ejected",
+            "gauge",
+            "1 while the backend is ejected (eject.failures in a row, for eject.cooldown).",
+            (
+                f"corral_proxy_backend_ejected{prom.labels(pool=p, backend=b.key, addr=b.addr)}"
+                f" {int(b.ejected_until > now)}"
+                for p, b in backends
+            ),
+        )
+    )
     hist = "corral_proxy_backend_latency_seconds"
     samples: list[str] = []
     for p, b in backends:
@@ -65,6 +79,28 @@ def render(ctx: Context, router: Router) -> str:
             "counter",
             "Responses per route by status class.",
             route_samples,
+        )
+    )
+    out.extend(_per_route_latency(router))
+    pools = router.pools()
+    for name, attr, help_text in (
+        ("corral_proxy_retries_total", "retries", "Requests sent again to another backend."),
+        ("corral_proxy_ejections_total", "ejections", "Backends ejected after failures in a row."),
+    ):
+        out.extend(
+            prom.family(
+                name,
+                "counter",
+                help_text,
+                (f"{name}{prom.labels(pool=pool.name)} {getattr(pool, attr)}" for pool in pools),
+            )
+        )
+    out.extend(
+        prom.family(
+            "corral_proxy_in_flight",
+            "gauge",
+            "Requests and tunnels under way on every backend.",
+            [f"corral_proxy_in_flight {sum(b.in_flight for _, b in backends)}"],
         )
     )
     out.extend(
@@ -130,3 +166,17 @@ def render(ctx: Context, router: Router) -> str:
         )
     )
     return "\n".join(out) + "\n"
+
+
+def _per_route_latency(router: Router) -> list[str]:
+    name = "corral_proxy_route_latency_seconds"
+    samples: list[str] = []
+    for route in router.routes():
+        where = {"pool": route.pool.name, "host": route.spec.host or "", "path": route.prefix}
+        cumulative = 0
+        for bound, count in zip([*LATENCY_BUCKETS, math.inf], route.latency.buckets, strict=True):
+            cumulative += count
+            samples.append(f"{name}_bucket{prom.labels(**where, le=prom.le(bound))} {cumulative}")
+        samples.append(f"{name}_sum{prom.labels(**where)} {route.latency.total:.6f}")
+        samples.append(f"{name}_count{prom.labels(**where)} {route.latency.count}")
+    return prom.family(name, "histogram", "Time from request received to response end.", samples)

@@ -85,6 +85,8 @@ class Pool:
         self.cold_start_header = False
         self.on_demand: Callable[[], None] | None = None
         self.load: Load | None = None
+        self.retries = 0  # requests sent again to another backend after a failure
+        self.ejections = 0  # backends taken out for eject.cooldown after eject.failures
 
     # --- membership (called by the daemon) -------------------------------------------------
     def add(self, key: str, host: str, port: int, weight: int = 1) -> None:
@@ -295,6 +297,7 @@ class Pool:
         if 0 < eject_after <= b.consecutive_failures and not b.removed:
             b.consecutive_failures = 0
             b.ejected_until = self._clock() + cooldown
+            self.ejections += 1
             log.warning(
                 "pool %s: ejecting %s (%s) for %.1fs after %d consecutive failures",
                 self.name,

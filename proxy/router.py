@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 
 from config.model import RouteSpec
 
+from .backend import LATENCY_BUCKETS
 from .pool import Pool
 
 # Per-route response counters: 1xx..5xx by index, then proxy-generated errors.
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+@dataclass(slots=True, eq=False)
+class Latency:
+    """A route's latency histogram: request received to response finished (+Inf last)."""
+
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        self.total += seconds
+        self.count += 1
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
 
 @dataclass(slots=True, eq=False)
@@ -20,6 +36,7 @@ class Route:
     pool: Pool
     prefix: str
     counts: list[int] = field(default_factory=lambda: [0] * len(STATUS_CLASSES))
+    latency: Latency = field(default_factory=Latency)
     raw_prefix: bytes = b""
 
     def __post_init__(self) -> None:
@@ -66,14 +83,14 @@ class Router:
 
     def set_routes(self, routes: list[tuple[RouteSpec, Pool]]) -> None:
         """Replace the table; requests already routed keep their pool."""
-        old = {(r.spec, r.pool.name): r.counts for r in self._routes}
+        old = {(r.spec, r.pool.name): (r.counts, r.latency) for r in self._routes}
         table: list[Route] = []
         for spec, pool in routes:
             prefix = spec.path if spec.path.startswith("/") else "/" + spec.path
             if len(prefix) > 1:
                 prefix = prefix.rstrip("/") or "/"
-            counts = old.get((spec, pool.name)) or [0] * len(STATUS_CLASSES)
-            table.append(Route(spec, pool, prefix, counts))
+            counts, latency = old.get((spec, pool.name)) or ([0] * len(STATUS_CLASSES), Latency())
+            table.append(Route(spec, pool, prefix, counts, latency))
         by_host: dict[bytes, list[Route]] = {}
         any_host: list[Route] = []
         for route in table:

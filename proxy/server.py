@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
 
 from config.model import ProxySpec
@@ -40,9 +41,13 @@ class ProxyServer:
         """The settings in force (the last `update_spec`)."""
         return self._spec
 
-    async def start(self) -> list[tuple[str, int]]:
-        """Bind every listen address; returns the bound (host, port) pairs (port 0 resolved)."""
-        addresses = await self._listener.open(self._spec.listen)
+    async def start(self, inherited: list[socket.socket] | None = None) -> list[tuple[str, int]]:
+        """Bind every listen address, or serve the `inherited` listening sockets (socket
+        activation) instead; returns the (host, port) pairs served (port 0 resolved)."""
+        if inherited:
+            addresses = await self._listener.adopt(inherited)
+        else:
+            addresses = await self._listener.open(self._spec.listen)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="proxy:sweeper")
         log.info(
             "proxy listening on %s (max_connections %d)",

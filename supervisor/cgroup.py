@@ -16,10 +16,12 @@ unless the unit was started with Delegate=yes (systemd marks such cgroups with t
 `trusted.delegate` / `user.delegate` extended attribute). `CORRAL_CGROUP=off` disables
 cgroups; `CORRAL_CGROUP=on` skips the systemd check (for a systemd that predates the mark).
 
-Resource limits and freezing are here for what comes next (memory.max, cpu.max, pids.max per
-instance; cgroup.freeze for a scale-to-zero "freeze" mode): `enable()` makes controllers
-available to the instance cgroups, which cgroup v2 allows only if D itself holds no processes
-("no internal processes"), so the daemon then moves itself into the `daemon/` leaf.
+Caps (`cgroup = { memory_max, cpu_max, pids_max }` → memory.max, cpu.max, pids.max of each
+instance's cgroup) need their controllers: `enable()` makes them available to the instance
+cgroups, which cgroup v2 allows only if D itself holds no processes ("no internal
+processes"), so the daemon then moves itself into the `daemon/` leaf. A controller D does not
+have (none is delegated, or a hybrid host keeps it in cgroup v1) cannot be enabled: the caps
+are then not applied, and `enable()` says why. `freeze()` is cgroup.freeze (no controller).
 """
 
 from __future__ import annotations
@@ -34,9 +36,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from config.model import CgroupLimits
+
 log = logging.getLogger(__name__)
 
 ENV = "CORRAL_CGROUP"
+CPU_PERIOD = 100_000  # µs, cpu.max's default period: cpu_max = 1.5 → "150000 100000"
+# A cap's file, and the controller that provides it.
+CONTROLLERS = {"memory.max": "memory", "cpu.max": "cpu", "pids.max": "pids"}
 _OFF = frozenset({"0", "off", "no", "false"})
 _DELEGATE_XATTRS = ("trusted.delegate", "user.delegate")
 
@@ -118,6 +125,26 @@ def _marked_delegated(directory: Path) -> bool:
             if os.getxattr(directory, name) == b"1":
                 return True
     return False
+
+
+def cap_files(caps: CgroupLimits) -> dict[str, str]:
+    """Pure: the files and values `caps` writes into an instance's cgroup."""
+    files = {}
+    if caps.memory_max is not None:
+        files["memory.max"] = str(caps.memory_max)
+    if caps.cpu_max is not None:
+        files["cpu.max"] = f"{round(caps.cpu_max * CPU_PERIOD)} {CPU_PERIOD}"
+    if caps.pids_max is not None:
+        files["pids.max"] = str(caps.pids_max)
+    return files
+
+
+@dataclass(frozen=True, slots=True)
+class Enabled:
+    """What `CgroupTree.enable` made available to the instance cgroups, and why not more."""
+
+    controllers: frozenset[str]
+    reason: str = ""  # for the controllers asked for but not enabled
 
 
 class InstanceCgroup:
@@ -234,30 +261,46 @@ class CgroupTree:
             path.mkdir()
         return InstanceCgroup(path)
 
-    def enable(self, controllers: Iterable[str]) -> set[str]:
+    def enable(self, controllers: Iterable[str]) -> Enabled:
         """Make `controllers` (of "memory", "cpu", "pids" …) usable in instance cgroups.
 
         They must be available in D (cgroup.controllers). D must hold no processes for its
         children to get them, so the daemon moves itself into a leaf first — only if it is
-        alone in D: another process there is not ours to move. Returns what was enabled.
+        alone in D: another process there is not ours to move.
         """
-        available = set(_read(self.own / "cgroup.controllers").split())
-        wanted = set(controllers) & available
+        asked = set(controllers)
+        text = _read(self.own / "cgroup.controllers")
+        available = set(text.split())
+        wanted = asked & available
+        missing = sorted(asked - available)
+        reason = ""
+        if missing:
+            reason = (
+                f"no {', '.join(missing)} controller in {self.own} "
+                f"(its cgroup.controllers: {text.strip() or 'none'})"
+            )
         if not wanted:
-            return set()
+            return Enabled(frozenset(), reason)
         others = [p for p in _read(self.own / "cgroup.procs").split() if int(p) != os.getpid()]
         if others:
-            log.warning("cannot enable %s: %s holds other processes", sorted(wanted), self.own)
-            return set()
-        if self._leaf is None:
-            leaf = self.root / "daemon"
-            leaf.mkdir(exist_ok=True)
-            (leaf / "cgroup.procs").write_text(str(os.getpid()))
-            self._leaf = leaf
-        change = " ".join(f"+{c}" for c in sorted(wanted))
-        (self.own / "cgroup.subtree_control").write_text(change)
-        (self.root / "cgroup.subtree_control").write_text(change)
-        return wanted
+            return Enabled(
+                frozenset(),
+                f"{self.own} holds {len(others)} other process(es): the daemon cannot move "
+                "aside to give its instances controllers (run it in a cgroup of its own, "
+                "e.g. a systemd unit with Delegate=yes)",
+            )
+        try:
+            if self._leaf is None:
+                leaf = self.root / "daemon"
+                leaf.mkdir(exist_ok=True)
+                (leaf / "cgroup.procs").write_text(str(os.getpid()))
+                self._leaf = leaf
+            change = " ".join(f"+{c}" for c in sorted(wanted))
+            (self.own / "cgroup.subtree_control").write_text(change)
+            (self.root / "cgroup.subtree_control").write_text(change)
+        except OSError as exc:
+            return Enabled(frozenset(), f"cannot enable {', '.join(sorted(wanted))}: {exc}")
+        return Enabled(frozenset(wanted), reason)
 
     def remove(self, grace: float = 2.0) -> None:
         """Kill what is left in every instance cgroup and remove the whole subtree."""

@@ -16,6 +16,7 @@ import config
 from .errors import ControlError, SupervisorError
 from .launch import cmd_daemon, cmd_up, setup_logging
 from .locate import client_for, load_plan
+from .logformat import FORMATS
 from .output import LogPrinter, print_json, ps_table, scale_lines, status_text
 
 Command = Callable[[argparse.Namespace], int]
@@ -181,6 +182,24 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
+def cmd_systemd_unit(args: argparse.Namespace) -> int:
+    from . import unit
+
+    files = unit.units(load_plan(args), user=args.user, socket=args.socket_unit)
+    if not (args.install or args.output):
+        print("\n".join(f.text for f in files), end="")
+        return 0
+    directory = Path(args.output) if args.output else unit.unit_dir(args.user)
+    commands = unit.install(files, directory, args.user)
+    for f in files:
+        print(f"wrote {directory / f.name}")
+    if args.install:
+        print("now run:")
+        for command in commands:
+            print(f"  {command}")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     plan = load_plan(args)
     if args.json:
@@ -291,7 +310,7 @@ class _Parser(argparse.ArgumentParser):
         super().error(message)
 
 
-def _options(*, short_file: bool, nested: bool) -> _Parser:
+def _options(*, short_file: bool, nested: bool, control_socket: bool = True) -> _Parser:
     """The global options; accepted before the verb and after it (`corral -f x.toml ps`)."""
     common = _Parser(add_help=False)
     # After the verb, an option left out must not reset what was given before it.
@@ -300,7 +319,10 @@ def _options(*, short_file: bool, nested: bool) -> _Parser:
     common.add_argument(
         *flags, default=default, help="config file (default: corral.toml here or above)"
     )
-    common.add_argument("--socket", default=default, help="control socket (default: the config's)")
+    if control_socket:  # systemd-unit's --socket means a .socket unit
+        common.add_argument(
+            "--socket", default=default, help="control socket (default: the config's)"
+        )
     common.add_argument(
         "--json",
         action="store_true",
@@ -328,7 +350,11 @@ def parser() -> argparse.ArgumentParser:
 
     def add(name: str, func: Command, help: str) -> argparse.ArgumentParser:
         # `logs -f` / `events -f` mean follow (as in tail/docker); there the file is --file.
-        parent = _options(short_file=name not in ("logs", "events"), nested=True)
+        parent = _options(
+            short_file=name not in ("logs", "events"),
+            nested=True,
+            control_socket=name != "systemd-unit",
+        )
         sp = sub.add_parser(name, parents=[parent], help=help, description=help)
         sp.set_defaults(func=func)
         return sp
@@ -339,6 +365,14 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--timeout", type=_seconds, default=120.0, help="-d: wait this long for ready")
     daemon = add("daemon", cmd_daemon, "run the daemon in the foreground (for systemd)")
     daemon.add_argument("--watch", action="store_true", help="restart services when files change")
+    for sp in (up, daemon):
+        sp.add_argument(
+            "--log-format",
+            choices=FORMATS,
+            default="text",
+            help="the daemon's own log lines: text (timestamped; <N> priorities for the "
+            "journal) or one JSON object per line",
+        )
     add("status", cmd_status, "the daemon: pid, config, uptime, proxy, services")
     add("ps", cmd_ps, "list instances")
     for name, helptext in (
@@ -369,6 +403,21 @@ def parser() -> argparse.ArgumentParser:
     down = add("down", cmd_down, "stop everything and the daemon")
     down.add_argument("--timeout", type=_seconds, default=120.0)
     add("check", cmd_check, "validate the config and print the resolved plan")
+    unit = add(
+        "systemd-unit", cmd_systemd_unit, "print (or --install) a systemd unit for the stack"
+    )
+    unit.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
+    unit.add_argument(
+        "--socket",
+        dest="socket_unit",
+        action="store_true",
+        help="and a .socket unit: systemd listens on [proxy] listen and hands over the sockets",
+    )
+    where = unit.add_mutually_exclusive_group()
+    where.add_argument(
+        "--install", action="store_true", help="write it where systemd looks; print what to run"
+    )
+    where.add_argument("-o", "--output", metavar="DIR", help="write the unit files into DIR")
     proxy = add("proxy", cmd_proxy, "run only the load balancer (fixed or DNS-found backends)")
     proxy.add_argument("--listen", action="append", default=[], metavar="HOST:PORT")
     proxy.add_argument("--backend", action="append", default=[], metavar="HOST:PORT")

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from config.daemon import tmp_socket_dir
 
+from . import metrics
 from .apibody import (
     check_query,
     count,
@@ -33,6 +34,7 @@ from .apibody import (
 from .client import CONFIG_HEADER
 from .dashboard import Dashboard
 from .errors import OrderInterrupted, RollFailed, SupervisorError, TargetError
+from .metrics import MetricsListener
 from .privatedir import make_private_dir, make_shared_tmp_dir
 
 if TYPE_CHECKING:
@@ -100,6 +102,7 @@ class ControlServer:
         self._runner: web.AppRunner | None = None
         self.followers = 0  # `logs -f` / `events -f` streams open right now
         self.dashboard = Dashboard(self)  # the web page, /v1/stats and the optional TCP listener
+        self.metrics_listener = MetricsListener(daemon)  # [metrics] listen
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[_guard, self.dashboard.browser_guard, map_errors])
@@ -144,6 +147,7 @@ class ControlServer:
         # Before the socket answers: a taken dashboard port must fail `up -d` with its error,
         # not let it report a stack that is already shutting down.
         await self.dashboard.open()
+        await self.metrics_listener.open()
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await runner.setup()
         old_umask = os.umask(0o177)  # the socket is created 0600, never briefly wider
@@ -159,6 +163,7 @@ class ControlServer:
 
     async def close(self) -> None:
         await self.dashboard.close()
+        await self.metrics_listener.close()
         if self._runner is None:
             return  # never opened: whatever is at the path is not ours to remove
         await self._runner.cleanup()
@@ -267,10 +272,7 @@ class ControlServer:
         return web.json_response(await self.daemon.wait_settled(timeout))
 
     async def metrics(self, request: web.Request) -> web.Response:
-        from .metrics import render
-
-        text = render(self.daemon) + self.daemon.autoscaler_metrics() + self.daemon.proxy_metrics()
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return await metrics.handle(request, self.daemon)
 
 
 async def _stream(

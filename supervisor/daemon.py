@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 
 from config.model import Plan
 
-from . import systemd
+from . import activation, memory, systemd
 from .autoscaler import Autoscaler
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventBus
-from .instance import FINAL, UP, Instance, Runtime, State
+from .instance import UP, Instance, Runtime, State
 from .logs import LogHub
 from .nursery import Nursery
 from .ports import PortAllocator
@@ -28,7 +28,7 @@ from .sampler import Sampler, StatsSnapshot
 from .scope import Scopes
 from .service import Phase, Service, ServiceContext
 from .statefile import StateDir
-from .status import DaemonStatus, InstanceRow, daemon_status
+from .status import DaemonStatus, InstanceRow, daemon_status, settled, summary_line
 from .targets import Target
 from .traffic import Traffic
 from .venv import VenvBuilder
@@ -40,8 +40,6 @@ T = TypeVar("T")
 # started once the daemon is up, cancelled when it stops.
 Companion = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
 
-_SETTLED = frozenset({"failed", "completed", "stopped", "idle"})  # idle: scaled to zero
-
 
 class Daemon:
     """Everything one `corral up` / `corral daemon` runs."""
@@ -51,7 +49,7 @@ class Daemon:
         self.started = time.time()
         d = plan.daemon
         self.state = StateDir(d.state_dir, plan.path)
-        self._logs = LogHub(d.state_dir / "logs", d.log_max_bytes, d.log_keep, d.log_tail_lines)
+        self._logs = LogHub(d.logs_dir, d.log_max_bytes, d.log_keep, d.log_tail_lines)
         self._events = EventBus()
         self.traffic = Traffic()
         self._nursery = Nursery()
@@ -74,7 +72,9 @@ class Daemon:
             lookup=self._registry.get,
         )
         self._registry.use(self.ctx)
-        self._sampler = Sampler(self._pids, clock=clock)
+        self._sampler = Sampler(
+            self._pids, clock=clock, pace=self._memory_pace, observe=self._watch_memory
+        )
         self._autoscaler = Autoscaler(
             lambda: self._registry.services, self.traffic, self._events, clock=clock
         )
@@ -82,6 +82,11 @@ class Daemon:
         self._reloader = Reloader(self)
         self._recorder = Recorder(
             self.state, self.token, self._recorded_pids, self._registry.scaled_counts
+        )
+        self.notifier = systemd.Notifier(
+            self.status_line,
+            lambda: settled(self.ps()),
+            lambda: any(s.phase is Phase.BUILDING for s in self.services.values()),
         )
         self.shutdown_requested = asyncio.Event()
         self.internal_errors = 0  # bugs caught in instance lives (tests assert none)
@@ -131,7 +136,7 @@ class Daemon:
                 try:
                     await self._start(control, ready, companions)
                     await self.shutdown_requested.wait()
-                    systemd.notify("STOPPING=1")
+                    self.notifier.stopping()
                 except Exception as exc:
                     failed = exc  # a start-up error: raised as itself, not as an ExceptionGroup
                 finally:
@@ -163,23 +168,32 @@ class Daemon:
         self._recorder.now()
         # The proxy binds first: if its port is taken the daemon exits before it answers
         # on the control socket, so `up -d` reports the error instead of a half-started stack.
+        inherited = activation.take()  # socket activation: the proxy's listening sockets
         if self.plan.proxy is not None:
             self.traffic.configure(self.plan)
-            await self.traffic.start(self.plan.proxy)
+            await self.traffic.start(self.plan.proxy, inherited.for_proxy())
+            if inherited.sockets and set(self.traffic.addresses) != set(self.plan.proxy.listen):
+                log.warning(
+                    "proxy serves the sockets systemd passed (%s), not [proxy] listen (%s)",
+                    ", ".join(f"{h}:{p}" for h, p in self.traffic.addresses),
+                    ", ".join(f"{h}:{p}" for h, p in self.plan.proxy.listen),
+                )
+        elif inherited.sockets:
+            log.warning("socket activation: no [proxy] to serve the passed sockets; closing them")
+            inherited.close()
         await control.open()
         self._events.emit(Event("daemon", new="started", detail=str(self.plan.path)))
         for service in self.services.values():
             service.bring_up()
         self._nursery.spawn(self._sampler.run(), "stats")
         self._nursery.spawn(self._autoscaler.run(), "autoscaler")
-        systemd.notify("READY=1", f"STATUS={self.status_line()}")
+        # READY=1 once every service is ready, completed or failed (not now: nothing is up yet).
+        self._nursery.spawn(self.notifier.run(), "systemd notifier")
         if ready is not None:
             ready()
         watchdog = systemd.watchdog_interval()
         if watchdog is not None:
-            # Pinged from the event loop itself: a wedged loop stops the pings and systemd
-            # restarts us, which is the point of WatchdogSec.
-            self._nursery.spawn(_watchdog(watchdog), "watchdog")
+            self._nursery.spawn(systemd.watchdog(watchdog), "watchdog")
         for name, make in companions:
             self._nursery.spawn(make(), name)
 
@@ -244,8 +258,7 @@ class Daemon:
         # The pid of a new process is known from its first state after STARTING; writing on
         # every change (coalesced per loop turn) keeps state.json current for a hard kill.
         self._recorder.soon()
-        if new is State.READY or new in FINAL:
-            systemd.notify(f"STATUS={self.status_line()}")
+        self.notifier.changed()
 
     async def drain(self, inst: Instance) -> None:
         await self.traffic.drain(inst)
@@ -257,6 +270,18 @@ class Daemon:
         self._events.emit(Event("service", service=service.name, new=new, detail=detail))
         if new == "failed":
             self.traffic.service_failed(service.name, detail)
+        self.notifier.changed()
+
+    def _memory_pace(self) -> float | None:
+        """Sample fast enough for the shortest memory_grace (three looks per grace)."""
+        graces = [s.spec.memory_grace for s in self.services.values() if s.spec.memory_limit]
+        return memory.pace(min(graces)) if graces else None
+
+    def _watch_memory(self, stats: StatsSnapshot) -> None:
+        for inst in self.instances():
+            if inst.spec.memory_limit is not None and inst.pid is not None:
+                if (sample := stats.processes.get(inst.pid)) is not None:
+                    inst.observe_memory(sample.rss_bytes)
 
     def _recorded_pids(self) -> dict[str, int]:
         return {inst.key: inst.pid for inst in self.instances() if inst.pid is not None}
@@ -295,9 +320,8 @@ class Daemon:
         return self._autoscaler.metrics()
 
     def status_line(self) -> str:
-        insts = self.instances()
-        up = sum(1 for i in insts if i.state in UP)
-        return f"{up}/{len(insts)} instances up"
+        """ "api 3/3 ready, worker 1/1 running": what systemd shows as the unit's Status."""
+        return summary_line(self.services.values())
 
     def status(self) -> DaemonStatus:
         plan = self.plan
@@ -324,7 +348,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             rows = self.ps()
-            if all(r["ready"] or r["state"] in _SETTLED for r in rows):
+            if settled(rows):
                 return rows
             await asyncio.sleep(0.05)
         return self.ps()
@@ -388,9 +412,3 @@ class Daemon:
     async def apply_plan(self, new: Plan) -> PlanDiff:
         """Move to `new`: a pure diff against the plan in force, applied through Service methods."""
         return await self._registry.apply(new)
-
-
-async def _watchdog(interval: float) -> None:
-    while True:
-        systemd.notify("WATCHDOG=1")
-        await asyncio.sleep(interval)

@@ -15,7 +15,9 @@ from config.units import format_duration
 from .backoff import CrashHistory, Verdict, decide
 from .clock import SYSTEM_CLOCK, Clock
 from .logs import LogSink
+from .rlimits import Limit
 from .run import HOST, Outcome, ProcessRun
+from .runas import RunAs
 from .scope import Scope, Scopes
 from .states import FINAL, UP, State, check
 
@@ -67,8 +69,12 @@ class Instance:
         sink: LogSink,
         runtime: Runtime,
         generation: int = 0,
+        run_as: RunAs | None = None,
+        rlimits: tuple[Limit, ...] = (),
     ) -> None:
         self.spec = spec
+        self.run_as = run_as  # whom its processes run as (None: the daemon's user)
+        self.rlimits = rlimits  # setrlimit calls for its processes
         self.index = index
         self.port = port
         self.generation = generation
@@ -78,6 +84,8 @@ class Instance:
         self.state = State.STOPPED
         self.detail = ""
         self.restarts = 0
+        self.restart_reasons: dict[str, int] = {}  # why it restarted: {"exit": 2, ...}
+        self.last_restart = ""  # the reason of the last restart ("memory_limit: RSS ...")
         self.last_exit: int | None = None
         self.retry_at: float | None = None  # wall clock of the next retry of a failed instance
         self.port_owner = ""  # the PortAllocator booking this instance holds
@@ -113,7 +121,8 @@ class Instance:
         self._set(State.STARTING)
         scopes = self.runtime.scopes
         if scopes is not None:
-            self.scope = scopes.for_instance(self.port_owner or f"{self.name}#{self.generation}")
+            owner = self.port_owner or f"{self.name}#{self.generation}"
+            self.scope = scopes.for_instance(owner, self.spec.name, self.spec.cgroup)
         self._task = self.runtime.spawn(self._live(), f"instance:{self.name}")
 
     async def stop(self) -> None:
@@ -175,6 +184,11 @@ class Instance:
         run.thaw()
         self._set(State.READY, "thawed")
         return True
+
+    def observe_memory(self, rss: int) -> None:
+        """The sampler's latest RSS of its process tree (for memory_limit)."""
+        if self._run is not None:
+            self._run.observe_memory(rss, self._clock.now())
 
     def fail_now(self, reason: str) -> None:
         """Mark an instance that cannot even be started (e.g. its port is taken) as failed."""
@@ -322,14 +336,19 @@ class Instance:
                 self._set(State.FAILED, decision.reason)
                 if not await self._pause(decision.retry_in):
                     break
-                self.restarts += 1
+                self._count_restart(outcome.kind, decision.reason)
                 continue
             self._set(State.CRASHED, decision.reason)
             self._set(State.BACKOFF, f"restarting in {decision.delay:.2f}s")
             if not await self._pause(decision.delay):
                 break
-            self.restarts += 1
+            self._count_restart(outcome.kind, decision.reason)
         self._set(State.STOPPED)
+
+    def _count_restart(self, kind: str, reason: str) -> None:
+        self.restarts += 1
+        self.restart_reasons[kind] = self.restart_reasons.get(kind, 0) + 1
+        self.last_restart = reason
 
     async def _run_process(self) -> Outcome:
         self._run = ProcessRun(self, self._argv(), self._environ())

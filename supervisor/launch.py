@@ -17,24 +17,25 @@ from .locate import load_plan, plan_client
 from .output import LogPrinter, print_json, ps_table
 
 
-def setup_logging(verbose: bool, *, foreground: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="corral: %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(verbose: bool, *, foreground: bool = False, log_format: str = "text") -> bool:
+    """The daemon's log on stderr (docs/systemd.md#logs); True if stderr is the journal."""
+    from .logformat import configure
+
+    level = logging.DEBUG if verbose else logging.INFO
+    # `up` interleaves these lines with instance output, which has no timestamps either.
+    journal = configure(level, log_format, timestamps=not foreground)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if foreground and not verbose:
         # `up` prints instance output and Corral's own notes through the LogPrinter already;
         # the daemon log would say everything twice. Warnings and errors still show.
         logging.getLogger("supervisor").setLevel(logging.WARNING)
         logging.getLogger("supervisor.child").setLevel(logging.WARNING)
+    return journal
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     """Run the daemon in the foreground, for systemd (logs go to stderr → the journal)."""
-    setup_logging(args.verbose)
-    if not os.environ.get("JOURNAL_STREAM"):
+    if not setup_logging(args.verbose, log_format=args.log_format):
         # Instance output already has its own rotating files; only the journal should get a
         # second copy (it is where `journalctl -u` users look). `up -d` writes daemon.log.
         logging.getLogger("supervisor.child").setLevel(logging.WARNING)
@@ -58,7 +59,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     from .foreground import serve_blocking
 
-    setup_logging(args.verbose, foreground=True)
+    setup_logging(args.verbose, foreground=True, log_format=args.log_format)
     return serve_blocking(plan, LogPrinter(), args.watch)
 
 
@@ -71,6 +72,8 @@ def _spawn_daemon(plan: Plan, args: argparse.Namespace) -> None:
     argv = [sys.executable, "-m", "supervisor", "daemon", "-f", str(plan.path)]
     if args.watch:
         argv.append("--watch")
+    if args.log_format != "text":
+        argv += ["--log-format", args.log_format]
     with open(private_file(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as out:
         offset = out.tell()  # show only this start's output if it fails
         proc = subprocess.Popen(

@@ -64,6 +64,7 @@ class LogHub:
         self._sinks: dict[tuple[str, int], LogSink] = {}
         self._tails: dict[tuple[str, int], deque[LogRecord]] = {}
         self._followers: set[Follower] = set()
+        self._owners: dict[str, tuple[int, int]] = {}  # service → (uid, gid) of its files
         self._dirty: set[_LogFile] = set()
         self._flush_scheduled = False
         self._closed = False
@@ -90,11 +91,23 @@ class LogHub:
             file = self._files[key] = _LogFile(
                 self.log_dir / f"{record.service}.{record.index}.log", self.max_bytes, self.keep
             )
+            file.owner = self._owners.get(record.service)
         file.write(record)
         self._mark_dirty(file)
         for follower in self._followers:
             if follower.wants(record):
                 follower.offer(record)
+
+    def own(self, service: str, owner: tuple[int, int] | None) -> None:
+        """The files of `service` belong to (uid, gid) (a service with `user`), or to the
+        daemon again (None): the open ones now, the next ones (rotation) as they are made."""
+        if owner is None:
+            self._owners.pop(service, None)
+        else:
+            self._owners[service] = owner
+        for (name, _), file in self._files.items():
+            if name == service:
+                file.chown(owner)
 
     def tail(self, targets: Sequence[Target] | None, n: int) -> list[LogRecord]:
         """The last `n` records of the targets, oldest first; (svc, None) means all instances."""
@@ -165,7 +178,9 @@ class LogSink:
         self.hub.emit(LogRecord(time.time(), self.service, self.index, stream, line))
         # "corral" lines are the supervisor's own words, already logged by whoever wrote them.
         if stream != "corral" and self._child_log.isEnabledFor(logging.INFO):
-            self._child_log.info("%s %s", stream, line)
+            # The fields are for `--log-format json` (logformat.CHILD_FIELDS).
+            fields = {"service": self.service, "instance": self.index, "stream": stream}
+            self._child_log.info("%s %s", stream, line, extra=fields)
 
     async def pump(self, stream_name: str, reader: asyncio.StreamReader) -> None:
         """Copy `reader` line by line until EOF; lines over 64 KiB are split, not fatal."""
@@ -291,9 +306,15 @@ class _LogFile:
         self.path = path
         self.max_bytes = max_bytes
         self.keep = keep
+        self.owner: tuple[int, int] | None = None  # (uid, gid), if not the daemon's
         self._file: BinaryIO | None = None
         self._size = 0
         self._broken = False
+
+    def chown(self, owner: tuple[int, int] | None) -> None:
+        self.owner = owner
+        if self._file is not None:
+            _fchown(self._file.fileno(), owner)
 
     def write(self, record: LogRecord) -> None:
         line = f"{_stamp(record.ts)} {record.stream} {record.line}\n"
@@ -339,6 +360,7 @@ class _LogFile:
         # 0600 whatever the umask (and for files an older run left wider): instance output
         # can hold secrets such as tokens and connection URLs.
         fd = private_file(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        _fchown(fd, self.owner)
         self._file = open(fd, "ab", buffering=_FILE_BUFFER)
         self._size = self._file.tell()
         return self._file
@@ -354,6 +376,19 @@ class _LogFile:
                     older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
             self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         return self._open()
+
+
+def _fchown(fd: int, owner: tuple[int, int] | None) -> None:
+    """Give the file to `owner`, or back to us (None) if a run-as service had it."""
+    uid, gid = owner if owner is not None else (os.geteuid(), os.getegid())
+    try:
+        st = os.fstat(fd)
+        if owner is None and st.st_uid == uid:
+            return
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            os.fchown(fd, uid, gid)
+    except OSError as exc:
+        log.warning("cannot give log file (fd %d) to uid %d: %s", fd, uid, exc)
 
 
 def _utf8_boundary(data: bytearray, limit: int) -> int:

@@ -69,6 +69,18 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f}G"
 
 
+def _detail(row: Mapping[str, Any]) -> str:
+    """DETAIL: what the instance waits for or why it is down; once up again after a restart,
+    why it restarted."""
+    detail = str(row.get("detail") or "")
+    if not detail and row.get("last_restart"):
+        return f"restarted: {row['last_restart']}"
+    caps = str(row.get("caps") or "")
+    if not detail and " not applied: " in caps:
+        return "caps not applied: " + caps.split(" not applied: ", 1)[1]  # `status` has all
+    return detail
+
+
 def ps_table(rows: Sequence[Mapping[str, Any]]) -> str:
     header = ("NAME", "STATE", "PID", "PORT", "RESTARTS", "UPTIME", "CPU%", "MEM", "DETAIL")
     table = [header]
@@ -90,7 +102,7 @@ def ps_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 human_duration(float(r["uptime_s"])) if r["pid"] else "-",
                 f"{float(r.get('cpu_percent', 0.0)):.1f}" if r["pid"] else "-",
                 human_bytes(float(r.get("rss_bytes", 0))) if r["pid"] else "-",
-                str(r.get("detail") or "")[:60],
+                _detail(r)[:60],
             )
         )
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
@@ -159,4 +171,8 @@ def status_text(status: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) ->
     for line in table:
         cells = [cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)]
         lines.append("  ".join([*cells, line[-1]]).rstrip())
+    capped = [(n, str(s["caps"])) for n, s in status["services"].items() if s.get("caps")]
+    if capped:
+        lines += ["", "cgroup caps"]
+        lines += [f"  {name:<{max(len(n) for n, _ in capped)}}  {caps}" for name, caps in capped]
     return "\n".join(lines)

@@ -20,6 +20,9 @@ from .errors import UnsafeDirectory
 log = logging.getLogger(__name__)
 
 _NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# A state dir others may pass through (to reach the venv of a service that runs as another
+# user) but not list: what `allow_traversal` makes it, and what make_private_dir accepts.
+TRAVERSABLE = 0o711
 
 
 def make_private_dir(path: Path) -> None:
@@ -53,9 +56,26 @@ def make_private_dir(path: Path) -> None:
                 f"{path} is world-writable (a shared directory like /tmp); "
                 "give Corral's state a directory of its own"
             )
-        if stat.S_IMODE(st.st_mode) != 0o700:
+        if stat.S_IMODE(st.st_mode) not in (0o700, TRAVERSABLE):
             os.fchmod(fd, 0o700)
             log.info("%s was mode %04o; set to 0700", path, stat.S_IMODE(st.st_mode))
+    finally:
+        os.close(fd)
+
+
+def allow_traversal(path: Path) -> None:
+    """Let other users pass through `path` (a private dir of ours), without listing it: mode
+    0711. For a service running as another user, whose venv lives under the state dir."""
+    try:
+        fd = os.open(path, _NOFOLLOW)
+    except OSError as exc:
+        raise UnsafeDirectory(f"cannot open {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        _check_owner(path, st)
+        if stat.S_IMODE(st.st_mode) == 0o700:
+            os.fchmod(fd, TRAVERSABLE)
+            log.info("%s: mode 0711, so services running as other users reach their venvs", path)
     finally:
         os.close(fd)
 

@@ -8,15 +8,21 @@ import ctypes
 import errno
 import logging
 import os
+import resource
 import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
 from .errors import SpawnError
+
+if TYPE_CHECKING:
+    from .rlimits import Limit
+    from .runas import RunAs
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +62,18 @@ def base_environ(source: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _make_preexec(parent: int, cgroup_procs: bytes | None) -> object:
+def _make_preexec(
+    parent: int,
+    cgroup_procs: bytes | None,
+    rlimits: Sequence[Limit] = (),
+    run_as: RunAs | None = None,
+) -> object:
+    # Everything is computed before fork; the child only makes system calls with it. The
+    # order matters: the cgroup and raised limits need root, so they come before setuid;
+    # PDEATHSIG comes after it, because the kernel clears it when the credentials change.
+    groups = list(run_as.groups) if run_as is not None else []
+    uid, gid = (run_as.uid, run_as.gid) if run_as is not None else (-1, -1)
+
     def preexec() -> None:
         # Into the instance's cgroup before exec, so that nothing it starts can be outside it.
         # If that fails the parent adopts it right after (Scope.adopt): a narrower race.
@@ -69,6 +86,12 @@ def _make_preexec(parent: int, cgroup_procs: bytes | None) -> object:
                     os.close(fd)
             except OSError:
                 pass
+        for res, soft, hard in rlimits:
+            resource.setrlimit(res, (soft, hard))
+        if uid >= 0:
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
         # If the daemon dies (even SIGKILL/OOM) the kernel sends SIGTERM to the instance, so it
         # never runs on unsupervised; its own children are cleaned by the next daemon (token scan).
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -84,9 +107,12 @@ async def spawn(
     cwd: Path,
     env: Mapping[str, str],
     cgroup_procs: bytes | None = None,
+    rlimits: Sequence[Limit] = (),
+    run_as: RunAs | None = None,
 ) -> asyncio.subprocess.Process:
     """Start argv in a new session (its own process group), stdout/stderr piped to us;
-    in the cgroup whose `cgroup.procs` is given, if any."""
+    in the cgroup whose `cgroup.procs` is given, if any; with `rlimits` set, and as
+    `run_as` (setgroups, setgid, setuid) if given."""
     loop = asyncio.get_running_loop()
     try:
         transport, protocol = await loop.subprocess_exec(
@@ -98,14 +124,20 @@ async def spawn(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_make_preexec(os.getpid(), cgroup_procs),
+            preexec_fn=_make_preexec(os.getpid(), cgroup_procs, rlimits, run_as),
         )
         return Child(transport, protocol, loop)
     except OSError as exc:
         # Out of fds, memory or pids in the daemon is the daemon's trouble, not the program's.
         transient = exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN)
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}", transient=transient) from exc
-    except (ValueError, subprocess.SubprocessError) as exc:
+    except subprocess.SubprocessError as exc:
+        # Raised for an exception between fork and exec (setrlimit, setuid): checked when
+        # the service was brought up, so this is rare: say what was being done.
+        what = f" as {run_as.describe()}" if run_as is not None else ""
+        what += " with its rlimits" if rlimits else ""
+        raise SpawnError(f"cannot start {argv[0]!r}{what}: {exc}") from exc
+    except ValueError as exc:
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}") from exc
     except RuntimeError as exc:  # "can't start new thread" (the child watcher): no threads left
         raise SpawnError(f"cannot start {argv[0]!r}: {exc}", transient=True) from exc
@@ -176,6 +208,21 @@ def _ppid_map() -> dict[int, int]:
     if reader is not None:
         return dict(reader())
     return {p.pid: p.info["ppid"] for p in psutil.process_iter(["ppid"]) if p.info["ppid"]}
+
+
+def tree_pids(pid: int) -> list[int]:
+    """`pid` and every live descendant's pid (`pid` first), from one shared /proc scan."""
+    try:
+        tree = _children_map()
+    except (OSError, psutil.Error):
+        return [pid]  # no fd to read /proc with: the process alone, this time
+    found = [pid]
+    todo = list(tree.get(pid, ()))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(tree.get(child, ()))
+    return found
 
 
 def descendants(pid: int) -> list[psutil.Process]:

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import config
 from config.model import Plan, ServiceSpec
 
-from . import systemd
 from .errors import SupervisorError
 from .events import Event
 
@@ -37,6 +36,11 @@ PROCESS_FIELDS = frozenset(
         "auto_port",
         "health",
         "oneshot",
+        # How the process is started: setrlimit, setuid/setgid, its cgroup's caps.
+        "rlimits",
+        "cgroup",
+        "user",
+        "group",
     }
 )
 
@@ -115,6 +119,8 @@ def diff(old: Plan, new: Plan, venvs_changed: Collection[str] = ()) -> PlanDiff:
         needs_restart.append("proxy.listen")
     if old.dashboard != new.dashboard:
         needs_restart.append("dashboard.listen")
+    if old.metrics != new.metrics:
+        needs_restart.append("metrics.listen")
     return PlanDiff(
         added=added,
         removed=removed,
@@ -157,7 +163,7 @@ class Reloader:
 
     async def _reload(self) -> dict[str, list[str]]:
         daemon = self.daemon
-        systemd.notify("RELOADING=1")
+        daemon.notifier.reloading()
         try:
             try:
                 new = config.load(daemon.plan.path)
@@ -166,7 +172,7 @@ class Reloader:
                 raise SupervisorError(f"config not reloaded, nothing changed: {exc}") from exc
             changes = await daemon.apply_plan(new)
         finally:
-            systemd.notify("READY=1", f"STATUS={daemon.status_line()}")
+            daemon.notifier.reloaded()
         daemon.events.emit(Event("reload", new="applied", detail="; ".join(changes.lines())))
         if changes.errors:
             raise SupervisorError("reload applied with errors: " + "; ".join(changes.errors))

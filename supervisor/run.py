@@ -24,6 +24,7 @@ from .backoff import describe_exit
 from .errors import SpawnError
 from .freezer import Freezer
 from .health import COLD_START_PROBE, STARTING_PROBE_MAX, Action, HealthTracker
+from .memory import MemoryWatch
 from .process import descendants, reap_group, spawn, stop_tree
 from .states import State
 
@@ -48,6 +49,7 @@ class Outcome:
     transient: bool = False  # could not start for a reason of the daemon's (no fds left)
     start_failed: bool = False  # never ready within start_timeout
     uptime: float = 0.0
+    kind: str = "exit"  # why it ended, for restart counts: exit, liveness, memory_limit, ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class _StopFor:
 
     detail: str
     start_failed: bool
+    kind: str = "liveness"
 
 
 class ProcessRun:
@@ -73,6 +76,11 @@ class ProcessRun:
         self._thawed = asyncio.Event()  # cleared while frozen: the health watch waits on it
         self._thawed.set()
         self._freezes = 0  # a probe out across a freeze means nothing
+        spec = inst.spec
+        self._memory = (
+            MemoryWatch(spec.memory_limit, spec.memory_grace) if spec.memory_limit else None
+        )
+        self._over_memory: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     @property
     def pid(self) -> int | None:
@@ -106,6 +114,14 @@ class ProcessRun:
             self._freezer.thaw()
         self._thawed.set()
 
+    def observe_memory(self, rss: int, now: float) -> None:
+        """A sample of the tree's RSS (memory_limit); past its grace, the run restarts."""
+        if self._memory is None or self.pid is None or self._over_memory.done():
+            return
+        reason = self._memory.observe(rss, now)
+        if reason is not None:
+            self._over_memory.set_result(reason)
+
     def kill_now(self) -> None:
         """SIGKILL the whole tree, synchronously (no time for a graceful stop)."""
         proc = self._proc
@@ -128,11 +144,13 @@ class ProcessRun:
                 cwd=inst.spec.cwd,
                 env=self._env,
                 cgroup_procs=scope.procs_file if scope is not None else None,
+                rlimits=inst.rlimits,
+                run_as=inst.run_as,
             )
         except SpawnError as exc:
             inst.sink.write("corral", str(exc))
             log.error("%s: %s", inst.name, exc)
-            return Outcome(code=None, cause=str(exc), transient=exc.transient)
+            return Outcome(code=None, cause=str(exc), transient=exc.transient, kind="spawn")
         self._proc = proc
         if scope is not None:
             scope.adopt(proc.pid)
@@ -164,10 +182,16 @@ class ProcessRun:
             exited = run.create_task(proc.wait(), name=f"{inst.name}:wait")
             watch = run.create_task(self._watch(), name=f"{inst.name}:health")
             ordered = run.create_task(inst.stop_requested.wait(), name=f"{inst.name}:stop")
-            await asyncio.wait({exited, watch, ordered}, return_when=asyncio.FIRST_COMPLETED)
+            memory = run.create_task(self._memory_exceeded(), name=f"{inst.name}:memory")
+            await asyncio.wait(
+                {exited, watch, ordered, memory}, return_when=asyncio.FIRST_COMPLETED
+            )
             stop_for = watch.result() if watch.done() else None
+            if stop_for is None and memory.done():
+                stop_for = memory.result()
             watch.cancel()
             ordered.cancel()
+            memory.cancel()
             uptime = self.uptime
             if inst.stop_requested.is_set() or not exited.done():
                 outcome = await self._stop(proc, stop_for)
@@ -213,9 +237,17 @@ class ProcessRun:
         if ordered or stop_for is None:
             return Outcome(stopped=True, code=proc.returncode)
         if stop_for.start_failed:
-            return Outcome(code=proc.returncode, cause=stop_for.detail, start_failed=True)
-        # A liveness restart counts as a crash for backoff and crash-loop accounting.
-        return Outcome(code=proc.returncode or 1, cause="liveness check failed")
+            return Outcome(
+                code=proc.returncode, cause=stop_for.detail, start_failed=True, kind="start_timeout"
+            )
+        # A liveness or memory_limit restart counts as a crash for backoff and crash loops.
+        cause = "liveness check failed" if stop_for.kind == "liveness" else stop_for.detail
+        return Outcome(code=proc.returncode or 1, cause=cause, kind=stop_for.kind)
+
+    async def _memory_exceeded(self) -> _StopFor:
+        reason = await asyncio.shield(self._over_memory)
+        log.warning("%s (pid=%s) restarting: %s", self._inst.name, self.pid, reason)
+        return _StopFor(reason, start_failed=False, kind="memory_limit")
 
     async def _sweep(self, grace: float) -> None:
         if self._inst.scope is not None:

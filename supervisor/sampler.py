@@ -1,12 +1,16 @@
-"""CPU% and RSS of every instance process, sampled by one owner on a schedule.
+"""CPU% and RSS of every instance's process tree, sampled by one owner on a schedule.
 
-CPU% is a difference between two readings of a process's CPU time, so whoever takes the
+An instance is its process and everything below it (a gunicorn master and its workers): its
+sample is the sum over the tree, found through one parent → children map per round. CPU% is
+a difference between two readings of a process's CPU time, so whoever takes the
 readings decides the measuring window (psutil's `cpu_percent(None)` measures since its
 previous call on the same object: two readers of `ps` would each halve the other's window).
 Only the sampler reads, every 10 s, or every 2 s while a live view follows the feed
 (`next_after`); `ps`, `/metrics` and any view read the latest snapshot, and reading never
 changes a number. A process is sampled once as soon as it comes up too (its RSS is then
-known at once; its CPU% starts at 0.0 and is measured from there).
+known at once; its CPU% starts at 0.0 and is measured from there). A service with a short
+`memory_grace` asks for a faster schedule (`pace`), and every scheduled round is handed to
+`observe` (the memory_limit watch).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .clock import SYSTEM_CLOCK, Clock
+from .process import tree_pids
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,10 @@ FOLLOWED_INTERVAL = 2.0
 class ProcessSample:
     cpu_percent: float  # over the last interval; 100.0 = one core
     rss_bytes: int
+    processes: int = 1  # in the tree (the instance's process and its descendants)
 
 
-_NOTHING = ProcessSample(0.0, 0)
+_NOTHING = ProcessSample(0.0, 0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +70,12 @@ class Sampler:
         interval: float = INTERVAL,
         followed_interval: float = FOLLOWED_INTERVAL,
         clock: Clock = SYSTEM_CLOCK,
+        pace: Callable[[], float | None] = lambda: None,
+        observe: Callable[[StatsSnapshot], None] = lambda _: None,
     ) -> None:
         self._pids = pids
+        self._pace = pace  # a shorter interval someone needs (memory_grace), if any
+        self._observe = observe
         self._interval = interval
         self._followed_interval = followed_interval
         self._clock = clock
@@ -84,10 +94,11 @@ class Sampler:
         follows the feed (a live view)."""
         self._measure(os.getpid())  # starts the daemon's own window
         while True:
-            self.sample()
+            self._observe(self.sample())
             self._wake.clear()
             wait = self._followed_interval if self._followers else self._interval
-            await self._clock.wait(self._wake, wait)
+            pace = self._pace()
+            await self._clock.wait(self._wake, wait if pace is None else min(wait, pace))
 
     async def next_after(self, seq: int) -> StatsSnapshot:
         """The first scheduled snapshot newer than `seq` (for periodic streams)."""
@@ -108,12 +119,13 @@ class Sampler:
             self._followers -= 1
 
     def sample(self) -> StatsSnapshot:
-        """One scheduled round over every live instance."""
-        live = set(self._pids())
+        """One scheduled round over every live instance's tree."""
+        trees = {pid: tree_pids(pid) for pid in set(self._pids())}
+        live = {member for tree in trees.values() for member in tree}
         for pid in list(self._last):
             if pid not in live and pid != os.getpid():
                 del self._last[pid]
-        samples = {pid: s for pid in live if (s := self._measure(pid)) is not None}
+        samples = {pid: s for pid, tree in trees.items() if (s := self._tree(tree)) is not None}
         mine = self._measure(os.getpid()) or self._latest.daemon
         self._latest = StatsSnapshot(
             seq=self._latest.seq + 1,
@@ -129,10 +141,22 @@ class Sampler:
         """A process just came up: sample it now, outside the schedule (its RSS, CPU 0.0)."""
         if pid in self._last:
             return
-        sample = self._measure(pid)
+        sample = self._tree(tree_pids(pid))
         if sample is not None:
             processes = {**self._latest.processes, pid: sample}
             self._latest = dataclasses.replace(self._latest, processes=MappingProxyType(processes))
+
+    def _tree(self, pids: list[int]) -> ProcessSample | None:
+        """The sum over a tree (`pids[0]` its root); None if the root is gone."""
+        root = self._measure(pids[0])
+        if root is None:
+            return None
+        cpu, rss, count = root.cpu_percent, root.rss_bytes, 1
+        for pid in pids[1:]:
+            sample = self._measure(pid)
+            if sample is not None:  # a child that exited meanwhile adds nothing
+                cpu, rss, count = cpu + sample.cpu_percent, rss + sample.rss_bytes, count + 1
+        return ProcessSample(round(cpu, 1), rss, count)
 
     def _measure(self, pid: int) -> ProcessSample | None:
         reading = _read(pid)

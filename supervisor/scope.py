@@ -22,11 +22,14 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Collection, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 
-from .cgroup import CgroupTree, InstanceCgroup, detect
+from config.model import CgroupLimits
+
+from .cgroup import CONTROLLERS, CgroupTree, InstanceCgroup, cap_files, detect
 from .clock import SYSTEM_CLOCK, Clock
 from .process import wait_gone
 
@@ -46,6 +49,10 @@ class Scopes:
         self._clock = clock
         self._sweeper = _TokenSweeper(spawn)
         self.closing = False  # at shutdown the daemon-wide sweep replaces per-instance scans
+        self._why_not = "not opened yet"  # why there are no per-instance cgroups
+        self._enabled: set[str] = set()  # controllers the instance cgroups have
+        self._refused: dict[str, str] = {}  # controller → why it could not be enabled
+        self._warned: set[str] = set()  # services told that their caps are not applied
 
     def open(self, environ: Mapping[str, str] = os.environ) -> None:
         """Per-instance cgroups if this daemon may have them, tokens otherwise (once the
@@ -53,11 +60,15 @@ class Scopes:
         verdict = detect(environ)
         if verdict.directory is None:
             log.info("no per-instance cgroups (%s); using instance tokens", verdict.reason)
+            self._why_not = f"no per-instance cgroups: {verdict.reason}"
             return
         try:
             self._tree = CgroupTree.create(verdict.directory, self._token)
         except OSError as exc:
             log.info("no per-instance cgroups (%s: %s); using instance tokens", verdict.reason, exc)
+            self._why_not = (
+                f"no per-instance cgroups: cannot create one in {verdict.directory}: {exc}"
+            )
             return
         log.info("instances get cgroups under %s", self._tree.root)
         if swept := CgroupTree.sweep_abandoned(verdict.directory):
@@ -72,15 +83,60 @@ class Scopes:
     def tree(self) -> CgroupTree | None:
         return self._tree
 
-    def for_instance(self, owner: str) -> Scope:
-        """The scope of one instance life (`owner` like "api.1#3")."""
+    def for_instance(
+        self, owner: str, service: str = "", caps: CgroupLimits | None = None
+    ) -> Scope:
+        """The scope of one instance life (`owner` like "api.1#3"), its cgroup capped."""
         cgroup = None
+        why_not = self._why_not
         if self._tree is not None:
             try:
                 cgroup = self._tree.instance(owner)
             except OSError as exc:
                 log.warning("%s: no cgroup (%s); using its token", owner, exc)
-        return Scope(self, f"{self._token}:{owner}", cgroup)
+                why_not = f"no cgroup for {owner}: {exc}"
+        scope = Scope(self, f"{self._token}:{owner}", cgroup)
+        files = cap_files(caps) if caps is not None else {}
+        if files:
+            scope.caps = self._cap(cgroup, files, why_not)
+            if scope.caps.missing and service not in self._warned:
+                self._warned.add(service)
+                log.warning(
+                    "%s: cgroup caps not applied (%s): %s",
+                    service,
+                    ", ".join(f"{f}={v}" for f, v in scope.caps.missing.items()),
+                    scope.caps.why,
+                )
+        return scope
+
+    def _cap(self, cgroup: InstanceCgroup | None, files: dict[str, str], why_not: str) -> Caps:
+        """Write what can be written of `files` into `cgroup`; say why the rest was not."""
+        if cgroup is None:
+            return Caps({}, files, why_not)
+        assert self._tree is not None
+        wanted = {CONTROLLERS[name] for name in files} - self._enabled - set(self._refused)
+        if wanted:
+            enabled = self._tree.enable(wanted)
+            self._enabled |= enabled.controllers
+            for controller in wanted - enabled.controllers:
+                self._refused[controller] = enabled.reason
+        applied: dict[str, str] = {}
+        missing: dict[str, str] = {}
+        reasons: list[str] = []
+        for name, value in files.items():
+            controller = CONTROLLERS[name]
+            if controller not in self._enabled:
+                missing[name] = value
+                reasons.append(self._refused[controller])
+                continue
+            try:
+                cgroup.limit(name, value)
+            except OSError as exc:
+                missing[name] = value
+                reasons.append(f"cannot write {cgroup.path / name}: {exc.strerror or exc}")
+            else:
+                applied[name] = value
+        return Caps(applied, missing, "; ".join(dict.fromkeys(reasons)))
 
     def remove_stale(self, previous_token: str | None) -> None:
         """A previous daemon's cgroup subtree (it died without removing it)."""
@@ -93,6 +149,23 @@ class Scopes:
             self._tree.remove()
 
 
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """An instance's cgroup caps: those written, those not, and why not."""
+
+    applied: Mapping[str, str] = field(default_factory=dict)
+    missing: Mapping[str, str] = field(default_factory=dict)
+    why: str = ""
+
+    def note(self) -> str:
+        """For `ps` and `status`: "" without caps, else what is in force or why not."""
+        parts = [f"{name}={value}" for name, value in self.applied.items()]
+        if self.missing:
+            names = ", ".join(self.missing)
+            parts.append(f"{names} not applied: {self.why}")
+        return "; ".join(parts)
+
+
 class Scope:
     """What one instance's processes are: a cgroup, or a token in their environment."""
 
@@ -100,6 +173,7 @@ class Scope:
         self._scopes = scopes
         self.token = token
         self.cgroup = cgroup
+        self.caps = Caps()
 
     def environ(self) -> dict[str, str]:
         return {TOKEN_ENV: self.token}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,13 +17,16 @@ from typing import Protocol
 
 from config.model import DependCondition, Roll, ServiceSpec
 
+from . import rlimits
 from .dependency import satisfies, until_recoverable, wait_for_all, wait_for_condition
 from .errors import DependencyFailed, PortInUse, RollFailed, SupervisorError, VenvError
 from .instance import Instance, InstanceHooks, Runtime
 from .logs import LogHub
 from .ports import PortAllocator
+from .privatedir import allow_traversal
 from .process import base_environ
 from .roll import Roller
+from .runas import RunAs, check_reachable, chown_tree, resolve
 from .sampler import StatsSnapshot
 from .states import Phase, State
 from .status import InstanceRow, service_rows
@@ -67,6 +71,8 @@ class Service:
         self._instances: dict[int, Instance] = {}
         self._roller = Roller()  # owns a roll's incoming and retiring incarnations
         self._venv: Path | None = None
+        self._run_as: RunAs | None = None  # `user` / `group`, resolved by prepare()
+        self._rlimits: tuple[rlimits.Limit, ...] = ()
         self._error: str | None = None  # why the service cannot run (venv build, dependency)
         self._phase = Phase.PENDING
         self._closed = False
@@ -102,6 +108,11 @@ class Service:
     @property
     def venv(self) -> Path | None:
         return self._venv
+
+    @property
+    def venv_build_seconds(self) -> float | None:
+        """How long this daemon's last build of the service's venv took (None: none built)."""
+        return self._ctx.venvs.build_seconds.get(self.name)
 
     @property
     def instances(self) -> Mapping[int, Instance]:
@@ -250,30 +261,57 @@ class Service:
         await self.start()
 
     async def prepare(self) -> bool:
-        """Build (or reuse) the venv. False, with `error` set, if this service cannot run."""
-        if not self._spec.venv:
-            return True
-        before = self._phase
-        self._phase = Phase.BUILDING
-        sink = self._ctx.logs.sink(self.name, 0)
+        """Resolve who the instances run as and their rlimits, build (or reuse) the venv.
+        False, with `error` set, if this service cannot run."""
         try:
-            self._venv = await self._ctx.venvs.ensure(
-                self._spec, lambda line: sink.write("corral", line)
-            )
-        except VenvError as exc:
-            reason = f"virtualenv build failed: {exc}"
-            if any(inst.alive for inst in self._instances.values()):
-                # A rebuild (watch, reload, restart) failed: the running instances keep their
-                # old venv and keep serving; the error is reported, nothing is stopped.
-                self._error = reason
+            run_as = resolve(self._spec)
+            limits = rlimits.prepare(self.name, self._spec.rlimits)
+        except SupervisorError as exc:
+            return self._cannot_run(str(exc))
+        if self._spec.venv:
+            before = self._phase
+            self._phase = Phase.BUILDING
+            sink = self._ctx.logs.sink(self.name, 0)
+            try:
+                self._venv = await self._ctx.venvs.ensure(
+                    self._spec, lambda line: sink.write("corral", line)
+                )
+            except VenvError as exc:
                 self._phase = before
-                sink.write("corral", reason + " (still serving)")
-            else:
-                self.fail(reason)
-            return False
+                return self._cannot_run(f"virtualenv build failed: {exc}")
+            self._phase = Phase.PENDING if before in _NOT_STARTED else before
+        if run_as is not None:
+            try:
+                await asyncio.to_thread(self._hand_over, run_as)
+            except (SupervisorError, OSError) as exc:
+                return self._cannot_run(str(exc))
+        self._run_as, self._rlimits = run_as, limits
+        self._ctx.logs.own(self.name, None if run_as is None else (run_as.uid, run_as.gid))
         self._error = None
-        self._phase = Phase.PENDING if before in _NOT_STARTED else before
         return True
+
+    def _cannot_run(self, reason: str) -> bool:
+        if any(inst.alive for inst in self._instances.values()):
+            # A rebuild (watch, reload, restart) failed: the running instances keep their
+            # old venv and keep serving; the error is reported, nothing is stopped.
+            self._error = reason
+            self._ctx.logs.sink(self.name, 0).write("corral", reason + " (still serving)")
+        else:
+            self.fail(reason)
+        return False
+
+    def _hand_over(self, who: RunAs) -> None:
+        """The venv becomes the user's, and the user must reach it and the working directory
+        (blocking: a venv has thousands of files)."""
+        places = [self._spec.cwd]
+        if self._venv is not None:
+            allow_traversal(self._ctx.venvs.root.parent)  # the state dir, 0711
+            chown_tree(self._venv, who)
+            places.append(self._venv / "bin")
+            places.append(Path(os.path.realpath(self._venv / "bin" / "python")).parent)
+        elif os.path.isabs(self._spec.command[0]):
+            places.append(Path(os.path.realpath(self._spec.command[0])).parent)
+        check_reachable(self._spec, who, places)
 
     async def start(self) -> None:
         """Spawn instances up to the desired count (the last step of a bring-up)."""
@@ -304,6 +342,8 @@ class Service:
         if self._venv is not None:
             env["VIRTUAL_ENV"] = str(self._venv)
             env["PATH"] = f"{self._venv / 'bin'}:{env.get('PATH', '')}"
+        if self._run_as is not None:
+            env.update(self._run_as.environ())
         env["CORRAL_TOKEN"] = self._ctx.token
         return env
 
@@ -331,6 +371,8 @@ class Service:
             sink=self._ctx.logs.sink(self.name, index),
             runtime=self._ctx.runtime,
             generation=self._generation,
+            run_as=self._run_as,
+            rlimits=self._rlimits,
         )
         inst.port_owner = owner
         if error:
@@ -403,7 +445,7 @@ class Service:
         """(Re)start stopped or failed instances, in place; a failed one is retried now."""
         async with self._lock:
             self._check_open()
-            if self._phase is Phase.FAILED and self._error and self._spec.venv:
+            if self._phase is Phase.FAILED and self._error:
                 self._error = None
                 if not await self.prepare():
                     return
@@ -425,10 +467,10 @@ class Service:
         """
         async with self._lock:
             self._check_open()
-            if self._spec.venv and not await self.prepare():
+            if not await self.prepare():
+                kept = "their venv" if self._spec.venv else "running"
                 raise SupervisorError(
-                    f"{self.name}: not restarted, the running instances keep their venv: "
-                    f"{self._error}"
+                    f"{self.name}: not restarted, the running instances keep {kept}: {self._error}"
                 )
             targets = self._pick(indexes)
             if not rolling or self._spec.oneshot:

@@ -11,7 +11,7 @@ from config.model import Plan
 from config.units import format_duration
 
 from .sampler import ProcessSample, StatsSnapshot
-from .states import UP, Phase
+from .states import UP, Phase, State
 
 if TYPE_CHECKING:
     from .autoscaler import ScaleStatus
@@ -31,6 +31,9 @@ class InstanceRow(TypedDict):
     ready: bool
     detail: str
     restarts: int
+    restart_reasons: dict[str, int]  # restarts by why: {"exit": 2, "memory_limit": 1}
+    last_restart: str  # why it last restarted ("memory_limit: RSS 612MB above 512MB for 31s")
+    caps: str  # its cgroup caps: "" (none set), "memory.max=…", or "… not applied: why"
     uptime_s: float
     last_exit: int | None
     generation: int
@@ -52,6 +55,8 @@ class ServiceStatus(TypedDict):
     # how many starts from zero there were.
     autoscale: NotRequired[ScaleStatus]
     cold_starts: NotRequired[int]
+    venv_build_s: float | None  # the last build's duration, in this daemon's life
+    caps: str  # of its instances (as ps shows them), "" without cgroup caps
 
 
 class DaemonStatus(TypedDict):
@@ -81,6 +86,9 @@ def instance_row(
         ready=inst.state in UP,
         detail=_detail(inst.detail, inst.retry_at, now),
         restarts=inst.restarts,
+        restart_reasons=dict(inst.restart_reasons),
+        last_restart=inst.last_restart,
+        caps=inst.scope.caps.note() if inst.scope is not None else "",
         uptime_s=round(inst.uptime, 3),
         last_exit=inst.last_exit,
         generation=inst.generation,
@@ -107,6 +115,9 @@ def placeholder_row(
         ready=False,
         detail=detail,
         restarts=0,
+        restart_reasons={},
+        last_restart="",
+        caps="",
         uptime_s=0.0,
         last_exit=None,
         generation=0,
@@ -156,6 +167,54 @@ def service_rows(service: Service, stats: StatsSnapshot, now: float) -> list[Ins
     ]
 
 
+# Rows in these states need no order to stay as they are (for `up -d` and for READY=1).
+SETTLED = frozenset({"failed", "completed", "stopped", "idle"})  # idle: scaled to zero
+
+
+def settled(rows: Iterable[InstanceRow]) -> bool:
+    """Has the start converged: every instance up, completed, failed or stopped?"""
+    return all(r["ready"] or r["state"] in SETTLED for r in rows)
+
+
+_PHASE_WORDS = {
+    Phase.PENDING: "pending",
+    Phase.WAITING: "waiting for dependencies",
+    Phase.BUILDING: "building its venv",
+    Phase.FAILED: "failed",
+    Phase.HELD: "stopped",
+    Phase.STOPPED: "stopped",
+}
+
+
+def service_summary(service: Service) -> str:
+    """ "api 3/3 ready", "worker 1/1 running", "migrate 1/1 completed", "db failed"."""
+    word = _PHASE_WORDS.get(service.phase)
+    if word is not None:
+        return f"{service.name} {word}"
+    spec = service.spec
+    states = [inst.state for inst in service.instances.values()]
+    if spec.oneshot:
+        want, word = State.COMPLETED, "completed"
+    elif spec.has_port or spec.health is not None:
+        want, word = State.READY, "ready"
+    else:
+        want, word = State.RUNNING, "running"
+    text = f"{service.name} {states.count(want)}/{service.desired} {word}"
+    notes = [
+        f"{n} {state.value}"
+        for state in (State.FAILED, State.BACKOFF)
+        if (n := states.count(state))
+    ]
+    if service.phase is Phase.ROLLING:
+        notes.append("rolling")
+    return text + (f" ({', '.join(notes)})" if notes else "")
+
+
+def summary_line(services: Iterable[Service]) -> str:
+    """The one-line STATUS= systemd shows: every service's summary, in start order."""
+    return ", ".join(service_summary(s) for s in services) or "no services"
+
+
 def _detail(detail: str, retry_at: float | None, now: float) -> str:
     if retry_at is None:
         return detail
@@ -181,6 +240,13 @@ def daemon_status(
             phase=s.phase.value,
             error=s.error,
             venv=str(s.venv) if s.venv else None,
+            venv_build_s=(
+                round(s.venv_build_seconds, 3) if s.venv_build_seconds is not None else None
+            ),
+            caps=next(
+                (i.scope.caps.note() for i in s.instances.values() if i.scope is not None),
+                "",
+            ),
         )
         scaling = autoscale(s)
         if scaling is not None:

@@ -8,6 +8,7 @@ request held at zero reaches the autoscaler (`on_demand`).
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
@@ -121,12 +122,15 @@ class Traffic:
         elif not holding and pool.when_empty is not WhenEmpty.FAIL:
             pool.set_when_empty(WhenEmpty.FAIL, reason)
 
-    async def start(self, spec: ProxySpec) -> list[tuple[str, int]]:
+    async def start(
+        self, spec: ProxySpec, inherited: list[socket.socket] | None = None
+    ) -> list[tuple[str, int]]:
+        """Start the proxy on `spec.listen`, or on the sockets systemd handed over."""
         from proxy.server import ProxyServer
 
         server = ProxyServer(spec, self.router)
         try:
-            self.addresses = await server.start()
+            self.addresses = await server.start(inherited)
         except OSError as exc:
             where = ", ".join(f"{h}:{p}" for h, p in spec.listen)
             raise SupervisorError(f"proxy cannot listen on {where}: {exc.strerror or exc}") from exc

@@ -61,6 +61,7 @@ class VenvBuilder:
         if use_uv and self._uv is None:
             raise VenvError("uv was requested but is not installed")
         self._builds: dict[Path, _Build] = {}
+        self.build_seconds: dict[str, float] = {}  # service → its last build's duration (/metrics)
         # Interpreter identity by (python, cwd), re-checked against the binaries' stat so an
         # upgraded interpreter is noticed without running `python -c` for every ensure().
         self._interpreters: dict[tuple[str, str], tuple[tuple[object, ...], str, str]] = {}
@@ -144,7 +145,8 @@ class VenvBuilder:
             # hundreds of MB behind either.
             await asyncio.shield(asyncio.to_thread(shutil.rmtree, path, ignore_errors=True))
             raise
-        build.emit(f"virtualenv ready in {time.monotonic() - started:.1f}s")
+        took = self.build_seconds[spec.name] = time.monotonic() - started
+        build.emit(f"virtualenv ready in {took:.1f}s")
         log.info("%s: virtualenv %s ready", spec.name, path)
         await self._prune(spec.name, keep=path)
         return path

@@ -108,6 +108,12 @@ def full_project(tmp_path: Path) -> Path:
             max_surge = 2
             watch = ["**/*.py"]
             watch_ignore = ["tests/*"]
+            memory_limit = "512MB"
+            memory_grace = "1m"
+            rlimits = {{ nofile = 65536, core = 0 }}
+            cgroup = {{ memory_max = "1GB", cpu_max = 1.5, pids_max = 256 }}
+            user = "1000"
+            group = "1000"
 
             [services.api.health]
             http = "/ready"

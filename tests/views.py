@@ -37,14 +37,16 @@ CHROMIUM_ARGS = [
 DOCS_IMG = Path(__file__).parent.parent / "docs" / "img"
 
 
-def require(capability: str, missing: str | None) -> None:
+def require(
+    capability: str, missing: str | None, how: str = "install it with .ci/setup-views"
+) -> None:
     """Skip (or, when CI requires `capability`, fail) if `missing` says what is absent."""
     if missing is None:
         return
     wanted = {c.strip() for c in os.environ.get("CORRAL_REQUIRE", "").split(",") if c.strip()}
     if capability in wanted or "all" in wanted:
         pytest.fail(f"CORRAL_REQUIRE has {capability!r} but {missing}")
-    pytest.skip(f"{missing} (install it with .ci/setup-views)")
+    pytest.skip(f"{missing} ({how})")
 
 
 def require_tmux() -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +13,7 @@ from config.render import format_address
 
 from ..errors import SupervisorError
 from ..stats import StatsFeed
+from ..tcpsite import serve_tcp
 from . import stream
 from .guard import browser_guard, token_guard
 from .token import TokenFile
@@ -105,20 +105,7 @@ class Dashboard:
             self.tokens.load()
         except OSError as exc:
             raise SupervisorError(f"dashboard token {self.tokens.path}: {exc}") from exc
-        runner = web.AppRunner(self.tcp_app(), handle_signals=False, access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, listen[0], listen[1]).start()
-        except OSError as exc:
-            await runner.cleanup()
-            # asyncio wraps the errno in a long sentence; the errno's own text says it all.
-            why = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise SupervisorError(
-                f"dashboard cannot listen on {format_address(listen)}: {why}"
-            ) from exc
-        self._runner = runner
-        host, port = runner.addresses[0][:2]
-        self.address = (str(host), int(port))
+        self._runner, self.address = await serve_tcp(self.tcp_app(), listen, "dashboard")
         log.info("dashboard on http://%s/", format_address(self.address))
         if not _is_loopback(self.address[0]):
             log.warning(

@@ -18,6 +18,7 @@ from config.model import IdleMode, ScaleSpec, ServiceSpec
 from .errors import PromoteError
 from .kubernetes import judge_proxy
 from .model import Stack, Workload
+from .resources import judge_lambda
 from .verdict import Findings, Verdict, judge_supervision
 
 DIR = "lambda"
@@ -284,6 +285,7 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
         found.drop_service(spec, note, under="health")
     for field in ("watch", "watch_ignore", "max_surge"):
         found.unless_default(spec, field, Verdict.DROPPED, "not applicable to Lambda", "none")
+    judge_lambda(w, found, MEMORY)
     judge_supervision(
         found,
         spec,

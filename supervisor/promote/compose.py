@@ -16,6 +16,7 @@ from config.units import format_duration
 from .dockerfile import dockerfile_path, healthcheck_test, judge_image, render_image
 from .entry import DIR, entry_probe, judge_idle_proxy, judge_proxy, render_entry
 from .model import ENTRY, Probe, Stack, Workload
+from .resources import compose_keys, judge_docker
 from .verdict import Findings, Verdict, judge_fixed_scale, judge_supervision
 
 FILE = "compose.yaml"
@@ -48,7 +49,7 @@ def render(stack: Stack, found: Findings) -> dict[str, str]:
     services: dict[str, Any] = {}
     for w in stack.workloads.values():
         files |= render_image(stack, w)
-        service = service_entry(stack, w, found, swarm=False)
+        service = service_entry(stack, w, found, swarm=False) | compose_keys(w.spec)
         service["build"] = {
             "context": stack.from_out("."),
             "dockerfile": stack.in_out(dockerfile_path(w)),
@@ -87,6 +88,7 @@ def render(stack: Stack, found: Findings) -> dict[str, str]:
 _ORDER = (
     *("image", "build", "command", "deploy", "env_file", "environment", "ports"),
     *("healthcheck", "depends_on", "restart", "stop_signal", "stop_grace_period"),
+    *("user", "mem_limit", "cpus", "pids_limit", "ulimits"),
 )
 
 
@@ -255,6 +257,7 @@ def _judge_compose(w: Workload, found: Findings) -> None:
         start_timeout=DOCKER_START_TIMEOUT if w.probe is not None else None,
     )
     judge_depends(w, found, exact=True)
+    judge_docker(w, found, swarm=False)
 
 
 def judge_depends(w: Workload, found: Findings, *, exact: bool) -> None:

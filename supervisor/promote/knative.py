@@ -17,6 +17,7 @@ from .dockerfile import judge_image, render_image
 from .kubernetes import config_map, judge_probes, judge_proxy
 from .model import Stack, Workload
 from .pods import container, k8s_name, labels
+from .resources import judge_k8s
 from .verdict import Findings, Verdict, judge_supervision
 
 DIR = "knative"
@@ -206,6 +207,7 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
     )
     for field in ("watch", "watch_ignore"):
         found.unless_default(spec, field, Verdict.DROPPED, "development only", "none")
+    judge_k8s(w, found, where="the container's securityContext")
     if spec.route is None or stack.plan.proxy is None:
         found.not_proxied(spec)
         return

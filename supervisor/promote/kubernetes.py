@@ -17,6 +17,7 @@ from config.model import RestartPolicy
 from .dockerfile import UID, judge_image, render_image
 from .model import Stack, Workload
 from .pods import WAITER, container, init_containers, job_dependencies, k8s_name, labels, seconds
+from .resources import judge_k8s, k8s_ids
 from .verdict import Findings, Verdict, judge_fixed_scale, judge_supervision
 
 DIR = "k8s"
@@ -75,7 +76,8 @@ def _pod(stack: Stack, w: Workload) -> dict[str, Any]:
     if job_dependencies(stack, w):
         pod["serviceAccountName"] = WAITER
     pod["terminationGracePeriodSeconds"] = seconds(w.spec.stop_timeout)
-    pod["securityContext"] = {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID}
+    ids = {"runAsUser": UID, "runAsGroup": UID, **k8s_ids(w.spec)}
+    pod["securityContext"] = {"runAsNonRoot": ids["runAsUser"] != 0, **ids}
     if waits:
         pod["initContainers"] = waits
     pod["containers"] = [container(stack, w)]
@@ -313,6 +315,7 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
         )
     _judge_depends(stack, w, found)
     _judge_routes(stack, w, found)
+    judge_k8s(w, found, where="the pod's securityContext")
 
 
 def _judge_depends(stack: Stack, w: Workload, found: Findings) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from config.model import DependCondition, HealthKind
 
 from .model import Probe, Stack, Workload, image_name
+from .resources import k8s_ids, k8s_resources
 
 WAITER = "corral-waiter"  # the ServiceAccount of pods that wait for Jobs
 
@@ -87,8 +88,12 @@ def container(stack: Stack, w: Workload, *, knative: bool = False) -> dict[str, 
             c["startupProbe"] = startup
         if probe.liveness:
             c["livenessProbe"] = _probe(probe, w, 2 * probe.retries)
+    if (resources := k8s_resources(w.spec)) is not None:
+        c["resources"] = resources
     if not knative:
         c["securityContext"] = {"allowPrivilegeEscalation": False}
+    elif ids := k8s_ids(w.spec):
+        c["securityContext"] = ids  # Knative allows no pod securityContext by default
     return c
 
 

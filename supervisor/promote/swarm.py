@@ -25,6 +25,7 @@ from .compose import (
 from .dockerfile import render_image
 from .entry import judge_idle_proxy, judge_proxy, render_entry
 from .model import ENTRY, Stack, Workload
+from .resources import docker_user, judge_docker, swarm_limits, ulimits
 from .verdict import Findings, Verdict, judge_supervision
 
 FILE = "stack.yaml"
@@ -44,6 +45,10 @@ def render(stack: Stack, found: Findings, publish_mode: str = "ingress") -> dict
     for w in stack.workloads.values():
         files |= render_image(stack, w)
         service = service_entry(stack, w, found, swarm=True)
+        if (user := docker_user(w.spec)) is not None:
+            service["user"] = user
+        if w.spec.rlimits:
+            service["ulimits"] = ulimits(w.spec)
         service["deploy"] = _deploy(w)
         if w.depends_on:
             service["depends_on"] = list(w.depends_on)
@@ -100,6 +105,8 @@ def _deploy(w: Workload) -> dict[str, Any]:
         deploy["update_config"] = {**update, "failure_action": "rollback"}
         deploy["rollback_config"] = update
     deploy["restart_policy"] = policy
+    if limits := swarm_limits(spec):
+        deploy["resources"] = {"limits": limits}
     return deploy
 
 
@@ -149,3 +156,4 @@ def _judge_swarm(w: Workload, found: Findings) -> None:
         start_timeout=_START_TIMEOUT if w.probe is not None else None,
     )
     judge_depends(w, found, exact=False)
+    judge_docker(w, found, swarm=True)

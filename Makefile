@@ -42,6 +42,7 @@ test-docker: $(VENV)/.test-deps
 bench: $(BIN)/corral
 	bash bench/supervise.sh
 	INSTALL=1 bash bench/proxy.sh
+	bash bench/coldstart.sh
 
 # docs/img/top.png and docs/img/dashboard.png, made by the view tests on a real stack (~3 min;
 # needs tmux and Chromium: .ci/setup-views installs them).

@@ -54,7 +54,7 @@ def _check_ports(
 ) -> None:
     # The base port stays reserved at instances = 0 so scaling up to 1 cannot collide.
     spans = [
-        (spec, range(spec.port, spec.port + max(spec.instances, 1)))
+        (spec, range(spec.port, spec.port + max(spec.most_instances, 1)))
         for spec in services
         if spec.port is not None
     ]
@@ -76,6 +76,23 @@ def _check_ports(
                     "proxy.listen",
                     f'port {port} is also used by service "{spec.name}" ({describe_ports(spec)})',
                 )
+
+
+def check_autoscaled(
+    services: Sequence[ServiceSpec], proxy: ProxySpec | None, file: Path | None
+) -> None:
+    """An autoscaled service must be behind Corral's proxy: the proxy counts its requests and
+    holds them while it is at zero (run once routes are defaulted)."""
+    for spec in services:
+        if spec.scale is None or (proxy is not None and spec.route is not None):
+            continue
+        missing = "a [proxy] table" if proxy is None else 'a route (route = { path = "/" })'
+        raise ConfigError(
+            file,
+            f"services.{spec.name}.scale",
+            f"an autoscaled service must be behind Corral's proxy, which counts its requests "
+            f"and holds them while it is at zero: add {missing}",
+        )
 
 
 def _check_routes(services: Sequence[ServiceSpec], file: Path | None) -> None:

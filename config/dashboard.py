@@ -52,7 +52,7 @@ def check_free(
                 "listen", f"port {port} is also proxy.listen ({format_address(address)})"
             )
     for spec in services:
-        if spec.port is not None and spec.port <= port < spec.port + max(spec.instances, 1):
+        if spec.port is not None and spec.port <= port < spec.port + max(spec.most_instances, 1):
             raise table.error(
                 "listen",
                 f'port {port} is also used by service "{spec.name}" ({describe_ports(spec)})',

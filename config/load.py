@@ -8,7 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from config.checks import check_services
+from config.checks import check_autoscaled, check_services
 from config.daemon import read_daemon
 from config.dashboard import read_dashboard
 from config.errors import ConfigError
@@ -91,7 +91,9 @@ def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
     check_services(services, proxy, file)
     dashboard = read_dashboard(top, services, proxy)
     metrics = read_metrics(top, services, proxy, dashboard)
-    services = _resolve_rolls(_default_route(services, proxy), proxy)
+    services = _default_route(services, proxy)
+    check_autoscaled(services, proxy, file)
+    services = _resolve_rolls(services, proxy)
     return Plan(
         path=config_path,
         project=project,

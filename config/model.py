@@ -50,6 +50,13 @@ class Roll(enum.Enum):
     IN_PLACE = "in-place"  # stop the old one, start the new one on the same port (N-1 up)
 
 
+class IdleMode(enum.Enum):
+    """What an autoscaled service does with its last instance once it is idle."""
+
+    STOP = "stop"  # stop it: the next request is a cold start
+    FREEZE = "freeze"  # freeze its processes (cgroup freezer or SIGSTOP): a warm start
+
+
 class DependCondition(enum.Enum):
     STARTED = "started"  # the dependency's instances have been spawned
     HEALTHY = "healthy"  # every instance of the dependency is ready
@@ -107,6 +114,28 @@ class HashKey:
 
 
 @dataclass(frozen=True, slots=True)
+class ScaleSpec:
+    """Request-driven autoscaling, with Knative's names and meaning (docs/serverless.md).
+
+    The autoscaler keeps in-flight requests per ready instance near `target`, averaged over
+    `window` (stable mode), or over `panic_window` once that average asks for
+    `panic_threshold` times the ready instances (panic mode: scale out fast, never in).
+    """
+
+    min: int = 0  # Knative min-scale
+    max: int = 10  # Knative max-scale (0 there means no limit; here every instance is a process)
+    target: float = 100.0  # in-flight requests per instance aimed at (soft); Knative target
+    concurrency: int = 0  # hard limit of requests on one instance (0: none); containerConcurrency
+    window: float = 60.0  # stable window; Knative window
+    panic_window: float = 6.0  # Knative: panic-window-percentage of the window
+    panic_threshold: float = 2.0  # 2.0 = 200 %; Knative panic-threshold-percentage
+    idle_timeout: float = 60.0  # the last instance goes this long after the last request
+    cold_start_timeout: float = 30.0  # a held request waits this long for an instance: then 503
+    idle: IdleMode = IdleMode.STOP
+    cold_start_header: bool = False  # `Server-Timing: cold-start;dur=…` on a held request's answer
+
+
+@dataclass(frozen=True, slots=True)
 class CgroupLimits:
     """cgroup v2 caps on each instance's cgroup (`cgroup = { ... }`); None: not capped."""
 
@@ -123,7 +152,8 @@ class ServiceSpec:
     name: str
     command: tuple[str, ...]  # argv template; "{port}" is replaced per instance
     cwd: Path
-    instances: int = 1
+    instances: int = 1  # with `scale`: its min (the count at start)
+    scale: ScaleSpec | None = None  # request-driven autoscaling (exclusive with `instances`)
     port: int | None = None  # base port: instance i prefers port + i
     auto_port: bool = False  # port = "auto": any free port
     venv: bool = True
@@ -182,6 +212,11 @@ class ServiceSpec:
     @property
     def has_port(self) -> bool:
         return self.port is not None or self.auto_port
+
+    @property
+    def most_instances(self) -> int:
+        """The most instances it may run at once (its port range): `scale.max` or `instances`."""
+        return self.scale.max if self.scale is not None else self.instances
 
     def weight(self, index: int) -> int:
         """Weight of instance `index` (0-based)."""

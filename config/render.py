@@ -11,7 +11,16 @@ import signal
 from collections.abc import Mapping
 from pathlib import Path
 
-from config.model import CrashLoop, HealthKind, HealthSpec, Plan, Roll, ServiceSpec
+from config.model import (
+    CrashLoop,
+    HealthKind,
+    HealthSpec,
+    IdleMode,
+    Plan,
+    Roll,
+    ScaleSpec,
+    ServiceSpec,
+)
 from config.units import format_duration, format_size
 
 _PLAIN = re.compile(r"[\w@%+=:,./{}-]+")
@@ -44,7 +53,7 @@ def describe_ports(spec: ServiceSpec) -> str:
         return "port auto"
     if spec.port is None:
         return "no port"
-    last = spec.port + spec.instances - 1
+    last = spec.port + max(spec.most_instances, 1) - 1
     return f"ports {spec.port}-{last}" if last > spec.port else f"port {spec.port}"
 
 
@@ -69,6 +78,8 @@ def _service_lines(spec: ServiceSpec, root: Path, proxied: bool) -> list[str]:
     }
     if spec.oneshot:
         fields["instances"] += ", oneshot"
+    if spec.scale is not None:
+        fields["instances"] = f"{_scale(spec.scale)}, {describe_ports(spec)}"
     if spec.port is not None:
         fields["roll"] = _roll(spec)
     start = _start(spec)
@@ -81,6 +92,23 @@ def _service_lines(spec: ServiceSpec, root: Path, proxied: bool) -> list[str]:
         fields["watch"] = ", ".join(spec.watch)
     fields.update(_limits(spec))
     return [spec.name] + [f"  {key:<11} {value}" for key, value in fields.items()]
+
+
+def _scale(scale: ScaleSpec) -> str:
+    """ "autoscaled 0-8, target 10 in flight (at most 1), …": the autoscaler's settings."""
+    limit = f" (at most {scale.concurrency})" if scale.concurrency else ""
+    idle = "frozen" if scale.idle is IdleMode.FREEZE else "stopped"
+    text = (
+        f"autoscaled {scale.min}-{scale.max}, target {scale.target:g} in flight{limit}, "
+        f"window {format_duration(scale.window)} (panic {format_duration(scale.panic_window)} "
+        f"at {scale.panic_threshold * 100:g}%)"
+    )
+    if scale.min == 0:
+        text += (
+            f", {idle} after {format_duration(scale.idle_timeout)} idle, "
+            f"cold start within {format_duration(scale.cold_start_timeout)}"
+        )
+    return text
 
 
 def _limits(spec: ServiceSpec) -> dict[str, str]:

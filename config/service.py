@@ -14,6 +14,7 @@ from config.health import read_health
 from config.limits import read_cgroup, read_identity, read_memory_limit, read_rlimits
 from config.model import Balance, CrashLoop, DependCondition, RestartPolicy, Roll, ServiceSpec
 from config.routing import read_hash_key, read_route, read_weights
+from config.scale import read_scale
 from config.table import Table
 from config.units import format_duration
 
@@ -26,7 +27,7 @@ _ALLOWED = (
     *("restart", "stop_signal", "stop_timeout", "depends_on", "oneshot", "health"),
     *("crash_limit", "crash_window", "backoff", "route", "balance", "hash_on", "weight"),
     *("drain_timeout", "max_surge", "watch", "watch_ignore", "app"),
-    *("min_uptime", "start_timeout", "crash_loop", "crash_cooldown", "roll"),
+    *("min_uptime", "start_timeout", "crash_loop", "crash_cooldown", "roll", "scale"),
     *("memory_limit", "memory_grace", "rlimits", "cgroup", "user", "group"),
 )
 # "module:attr" as uvicorn, gunicorn and Mangum users write it: dotted names on both sides.
@@ -42,17 +43,25 @@ def read_service(
         raise table.error("command", "missing (expected a command string or an array of strings)")
     command = table.argv("command")
     instances = table.integer("instances", 1, maximum=MAX_INSTANCES)
-    port, auto_port = _read_port(table, instances)
+    scale = read_scale(table, MAX_INSTANCES)
+    if scale is not None:
+        instances = scale.min  # where it starts; the autoscaler moves it up to scale.max
+    most = scale.max if scale is not None else instances
+    port, auto_port = _read_port(table, most)
     has_port = port is not None or auto_port
+    if scale is not None and not has_port:
+        raise table.error("scale", "needs the service to have a port (its requests are counted)")
     if not has_port and any("{port}" in arg for arg in command):
         raise table.error("command", "uses {port} but the service has no port")
     cwd = _read_cwd(table, root)
     venv = table.flag("venv", True)
     oneshot = table.flag("oneshot", False)
+    if oneshot and scale is not None:
+        raise table.error("scale", "a oneshot task runs once: it cannot be autoscaled")
     balance = table.choice("balance", Balance, Balance.ROUND_ROBIN)
     backoff_initial, backoff_max = _read_backoff(table)
     cooldown_initial, cooldown_max = _read_cooldown(table)
-    weights, default_weight = read_weights(table, instances)
+    weights, default_weight = read_weights(table, most)
     memory_limit, memory_grace = read_memory_limit(table)
     user, group = read_identity(table)
     return ServiceSpec(
@@ -60,6 +69,7 @@ def read_service(
         command=command,
         cwd=cwd,
         instances=instances,
+        scale=scale,
         port=port,
         auto_port=auto_port,
         venv=venv,

@@ -106,6 +106,17 @@ class Table:
             raise self.expected(name, f"an integer {bound}")
         return value
 
+    def number(self, name: str, default: float, minimum: float, maximum: float) -> float:
+        """An integer or float from `minimum` to `maximum` (a ratio, a target)."""
+        value = self.data.get(name, default)
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not minimum <= value <= maximum  # also rejects NaN
+        ):
+            raise self.expected(name, f"a number from {minimum:g} to {maximum:g}")
+        return float(value)
+
     def duration(self, name: str, default: float, positive: bool = False) -> float:
         """Seconds, at most MAX_DURATION; `positive` rejects zero (intervals, timeouts)."""
         value = self.data.get(name, default)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from collections.abc import Callable
 from typing import Protocol
 
 # Upper bounds (seconds) of the latency histogram buckets, Prometheus style (+Inf implied).
@@ -18,6 +19,35 @@ class IdleConnection(Protocol):
 
     def usable(self) -> bool: ...
     def close(self) -> None: ...
+
+
+class Load:
+    """A pool's requests in flight or waiting for a backend, integrated over time.
+
+    The autoscaler's demand (supervisor/autoscaler.py): `busy_at(now)` differenced between two
+    reads is the time-weighted average concurrency in between, however short the requests.
+    """
+
+    __slots__ = ("_clock", "_since", "busy", "count", "idle_since")
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._since = clock()
+        self.count = 0
+        self.busy = 0.0  # request-seconds up to `_since`
+        self.idle_since: float | None = None  # when count last fell to 0 (None: never busy)
+
+    def add(self, delta: int) -> None:
+        now = self._clock()
+        self.busy += self.count * (now - self._since)
+        self._since = now
+        self.count += delta
+        if self.count == 0:
+            self.idle_since = now
+
+    def busy_at(self, now: float) -> float:
+        """Request-seconds up to `now`."""
+        return self.busy + self.count * max(0.0, now - self._since)
 
 
 class Backend:
@@ -37,6 +67,8 @@ class Backend:
         "latency_buckets",
         "latency_count",
         "latency_sum",
+        "load",
+        "on_free",
         "pool_name",
         "port",
         "ready",
@@ -67,15 +99,28 @@ class Backend:
         self.latency_sum = 0.0
         self.latency_count = 0
         self._zero: list[asyncio.Future[None]] = []
+        # Set by an autoscaled pool: its demand counter, and who hands a freed slot on.
+        self.load: Load | None = None
+        self.on_free: Callable[[], None] | None = None
 
     @property
     def accepting(self) -> bool:
         """Whether new requests (and returning keep-alive connections) are welcome."""
         return self.ready and not self.draining and not self.removed
 
+    def acquire(self) -> None:
+        """One request (or tunnel) goes to this backend."""
+        self.in_flight += 1
+        if self.load is not None:
+            self.load.add(1)
+
     def release(self) -> None:
         """One request (or tunnel) on this backend ended."""
         self.in_flight -= 1
+        if self.load is not None:
+            self.load.add(-1)
+        if self.on_free is not None:
+            self.on_free()
         if self.in_flight == 0 and self._zero:
             for fut in self._zero:
                 if not fut.done():

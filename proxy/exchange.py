@@ -82,6 +82,7 @@ class Exchange:
     bytes_out = 0
     responded = False  # response bytes reached the client (fast path or an error answer)
     done = False
+    cold_start: float | None = None  # seconds held for a backend to come (reported, opt-in)
 
     def __init__(self, client: Client, head: RequestHead, error: ProxyError | None = None) -> None:
         self.client = client
@@ -102,19 +103,24 @@ class Exchange:
             return
         self._dispatch()
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, granted: Backend | None = None) -> None:
         route = self.head.route
         assert route is not None
         pool = route.pool
         key = self._hash_value(pool) if pool.balance is Balance.HASH else None
-        b = pool.pick(key, self.tried)
+        b = granted
         if b is None:
-            if pool.when_empty is WhenEmpty.FAIL:
-                self.answer(NoBackend(f"no backend in pool {pool.name!r}: {pool.empty_reason}"))
-            else:
-                self.task = asyncio.get_running_loop().create_task(self._queue(pool))
-            return
-        b.in_flight += 1
+            b = pool.pick(key, self.tried)
+            if b is None:
+                if pool.when_empty is WhenEmpty.FAIL:
+                    self.answer(NoBackend(f"no backend in pool {pool.name!r}: {pool.empty_reason}"))
+                elif pool.held_full:
+                    waiting = f"{pool.max_held} requests are already waiting"
+                    self.answer(NoBackend(f"no backend in pool {pool.name!r}: {waiting}"))
+                else:
+                    self.task = asyncio.get_running_loop().create_task(self._queue(pool, key))
+                return
+            b.acquire()
         self.backend = b
         self.attempts += 1
         self.tried.append(b)
@@ -132,14 +138,34 @@ class Exchange:
             # (cancelling could lose a connection that was established a moment earlier).
             ctx.spawn(self._connect(b))
 
-    async def _queue(self, pool: Pool) -> None:
-        remaining = self.started + self.client.ctx.queue_timeout - time.monotonic()
-        ok = remaining > 0 and await pool.wait_ready(remaining)
+    async def _queue(self, pool: Pool, key: str | None) -> None:
+        # Held while an autoscaler starts a backend (up to its cold-start timeout), or queued
+        # while backends are on their way; either way served in arrival order.
+        hold = pool.when_empty is WhenEmpty.HOLD
+        limit = pool.hold_timeout if hold else self.client.ctx.queue_timeout
+        cold = pool.empty  # nothing to take it, rather than everything busy
+        remaining = self.started + limit - time.monotonic()
+        b = await pool.wait_backend(remaining, key, self.tried) if remaining > 0 else None
         self.task = None
         if self.done:
+            if b is not None:
+                b.release()
             return
-        if ok or pool.when_empty is WhenEmpty.FAIL:
+        if b is not None:
+            if cold and pool.cold_start_header:
+                self.cold_start = time.monotonic() - self.started
+            self._dispatch(b)
+        elif pool.when_empty is WhenEmpty.FAIL:
             self._dispatch()  # (which answers at once when none can come)
+        elif hold and pool.empty:
+            self.answer(NoBackend(f"no instance of {pool.name!r} became ready within {limit:g}s"))
+        elif pool.limit and not pool.empty:
+            self.answer(
+                NoBackend(
+                    f"every instance of {pool.name!r} is busy (concurrency {pool.limit}) and "
+                    f"none had room within {limit:g}s"
+                )
+            )
         else:
             self.answer(NoBackend(f"no ready backend in pool {pool.name!r}"))
 
@@ -281,10 +307,18 @@ class Exchange:
                         self.status = simple[0]
                         self.responded = True
                         self.bytes_out = len(data) - simple[1]
+                        if self.cold_start is not None:
+                            end = simple[1] - 2  # before the blank line
+                            data = data[:end] + self._timing() + data[end:]
                         self.client.write(data)
                         self._complete(True, False)
                         return
-            rel = self.relay = ResponseRelay(self.head, self.client.write, self._must_close)
+            rel = self.relay = ResponseRelay(
+                self.head,
+                self.client.write,
+                self._must_close,
+                self._timing() if self.cold_start is not None else b"",
+            )
         self.last_upstream = self.client.ctx.now
         outcome = rel.feed(data)
         self.status = rel.status
@@ -297,6 +331,12 @@ class Exchange:
             self._upgraded(conn, rel.extra)
         else:
             self._broken(conn, f"{rel.problem} from {conn.backend.addr}")
+
+    def _timing(self) -> bytes:
+        """The Server-Timing line of an answer that waited for a backend to come."""
+        assert self.cold_start is not None
+        ms = self.cold_start * 1000
+        return b'Server-Timing: cold-start;dur=%.1f;desc="corral"\r\n' % ms
 
     def _must_close(self) -> bool:
         return not self.head.keep_alive or not self.req_done or self.client.closing

@@ -5,24 +5,32 @@ answers `pick` with a backend the balancing strategy chose among the eligible on
 each backend's idle keep-alive connections and counters.
 
 When no backend is eligible, what a request does is the pool owner's call (`when_empty`):
-queue while instances are on their way, or fail at once when none can come. Scale from zero
-(issue 11) adds a third answer: hold the request while an autoscaler starts one; the waiting
-requests are already counted here (`queued`), which is the demand it needs.
+queue while instances are on their way, fail at once when none can come, or hold it while an
+autoscaler starts one (scale from zero). Waiting requests are handed a backend in the order
+they came, as soon as one has room.
+
+An autoscaled pool (`autoscale`) also limits the requests on each backend (`concurrency = 1`
+never lets two onto one), bounds how many may wait, tells its owner the moment a request has
+to wait (`on_demand`), and counts its requests in flight or waiting over time (`load`): the
+demand the autoscaler reads. The pool knows nothing of who starts backends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import enum
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from config.model import Balance, HashKey
 
-from .backend import LATENCY_BUCKETS, Backend
+from .backend import LATENCY_BUCKETS, Backend, Load
 from .balance import Strategy, strategy_for
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,16 @@ class WhenEmpty(enum.Enum):
 
     QUEUE = "queue"  # backends are on their way (starting, restarting): wait up to queue_timeout
     FAIL = "fail"  # none can come without an order: 503 at once, saying why
+    HOLD = "hold"  # an autoscaler starts one on demand: wait up to hold_timeout, telling it
+
+
+@dataclass(slots=True)
+class _Waiter:
+    """A request waiting for a backend: handed one (already acquired), or None."""
+
+    future: asyncio.Future[Backend | None]
+    key: str | None  # its hash key
+    exclude: tuple[Backend, ...]  # backends it already tried
 
 
 class Pool:
@@ -56,9 +74,17 @@ class Pool:
         self._backends: dict[str, Backend] = {}
         self._active: tuple[Backend, ...] = ()
         self._next_expiry = math.inf
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] = []  # wait_ready
+        self._queue: collections.deque[_Waiter] = collections.deque()  # wait_backend, in order
         self.when_empty = WhenEmpty.QUEUE
         self.empty_reason = ""  # why no backend can come (WhenEmpty.FAIL)
+        # Autoscaling (see `autoscale`); off: no limit, no count, nobody told.
+        self.limit = 0  # requests at once on one backend (0: no limit)
+        self.hold_timeout = 0.0
+        self.max_held = 0  # requests that may wait at once (0: no bound but the proxy's own)
+        self.cold_start_header = False
+        self.on_demand: Callable[[], None] | None = None
+        self.load: Load | None = None
         self.retries = 0  # requests sent again to another backend after a failure
         self.ejections = 0  # backends taken out for eject.cooldown after eject.failures
 
@@ -68,8 +94,41 @@ class Pool:
         old = self._backends.get(key)
         if old is not None:
             self._retire(old)
-        self._backends[key] = Backend(self.name, key, host, port, weight)
+        b = self._backends[key] = Backend(self.name, key, host, port, weight)
+        self._watch(b)
         self._refresh()
+
+    def autoscale(
+        self,
+        *,
+        limit: int = 0,
+        hold_timeout: float = 0.0,
+        max_held: int = 0,
+        cold_start_header: bool = False,
+        on_demand: Callable[[], None] | None = None,
+        enabled: bool = True,
+    ) -> None:
+        """Make this an autoscaled pool (or, `enabled=False`, an ordinary one again).
+
+        `limit`: requests at once on one backend; `hold_timeout`: how long a request waits
+        in HOLD mode; `max_held`: how many may wait (more get 503 at once); `on_demand`: called
+        whenever a request has to wait; `cold_start_header`: answers that waited for a backend
+        to come say how long (Server-Timing).
+        """
+        if not enabled:
+            self.limit, self.max_held, self.on_demand = 0, 0, None
+            self.cold_start_header, self.load = False, None
+            if self.when_empty is WhenEmpty.HOLD:
+                self.when_empty = WhenEmpty.QUEUE
+        else:
+            self.limit, self.hold_timeout, self.max_held = limit, hold_timeout, max_held
+            self.cold_start_header, self.on_demand = cold_start_header, on_demand
+            if self.load is None:
+                self.load = Load(self._clock)
+                self.load.add(sum(b.in_flight for b in self._backends.values()))
+        for b in self._backends.values():
+            self._watch(b)
+        self._grant()  # a raised limit makes room at once
 
     def set_ready(self, key: str, ready: bool) -> None:
         """Readiness from health checks; a backend turning ready wakes queued requests."""
@@ -135,17 +194,77 @@ class Pool:
 
     # --- request path (called by the proxy) --------------------------------------------------
     def pick(self, key: str | None = None, exclude: Iterable[Backend] = ()) -> Backend | None:
-        """A backend for one request, avoiding `exclude` (already tried) when possible."""
+        """A backend for one request, avoiding `exclude` (already tried) when possible.
+
+        None when none is eligible, when every one is at the pool's `limit`, or when other
+        requests are waiting (they go first, in order: `wait_backend`).
+        """
         if self._next_expiry <= self._clock():
             self._refresh()
+        if self._queue:
+            return None
+        return self._choose(key, exclude)
+
+    def _choose(self, key: str | None, exclude: Iterable[Backend]) -> Backend | None:
         active = self._active
         if not active:
             return None
+        limit = self.limit
+        if limit:
+            room = tuple(b for b in active if b.in_flight < limit)
+            if len(room) != len(active):
+                if not room:
+                    return None
+                # A filtered tuple: a stateless pick, as for a retry.
+                return self._strategy.pick_other(_avoiding(room, exclude), key)
         if exclude:
-            tried = set(exclude)
-            others = tuple(b for b in active if b not in tried)
-            return self._strategy.pick_other(others or active, key)
+            return self._strategy.pick_other(_avoiding(active, exclude), key)
         return self._strategy.pick(active, key)
+
+    @property
+    def empty(self) -> bool:
+        """No backend is eligible (as opposed to every one being at the limit)."""
+        return not self._active
+
+    @property
+    def held_full(self) -> bool:
+        """As many requests wait as may (`max_held`): the next one is refused."""
+        return 0 < self.max_held <= len(self._queue)
+
+    async def wait_backend(
+        self, timeout: float, key: str | None = None, exclude: Iterable[Backend] = ()
+    ) -> Backend | None:
+        """Wait up to `timeout` for a backend with room, behind those already waiting.
+
+        Returns the backend, already acquired for this request (release it), or None: the
+        time ran out, or the pool was told none can come (WhenEmpty.FAIL).
+        """
+        fut: asyncio.Future[Backend | None] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(fut, key, tuple(exclude))
+        self._queue.append(waiter)
+        load = self.load
+        if load is not None:
+            load.add(1)
+        if self.on_demand is not None:
+            self.on_demand()
+        self._grant()  # room may be there already (a limit with nobody ahead)
+        taken = False
+        try:
+            async with asyncio.timeout(timeout):
+                b = await fut
+            taken = True
+            return b
+        except TimeoutError:
+            return None
+        finally:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(waiter)
+            if load is not None:
+                load.add(-1)
+            if not taken and fut.done() and not fut.cancelled():
+                granted = fut.result()
+                if granted is not None:
+                    granted.release()  # handed one just as it gave up: pass it on
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to `timeout` for some backend to become eligible; True if one is.
@@ -168,8 +287,8 @@ class Pool:
 
     @property
     def queued(self) -> int:
-        """Requests waiting for a backend to become ready."""
-        return len(self._waiters)
+        """Requests waiting for a backend (to become ready, or to have room)."""
+        return len(self._waiters) + len(self._queue)
 
     def report_failure(self, b: Backend, eject_after: int, cooldown: float) -> None:
         """A connection-level failure on `b`; `eject_after` in a row eject it for `cooldown`."""
@@ -252,11 +371,50 @@ class Pool:
         if active != self._active:
             self._active = active
             self._strategy.reset(active)
-        if active and self._waiters:
-            self._wake()
+        if active:
+            if self._waiters:
+                self._wake_ready()
+            if self._queue:
+                self._grant()
 
-    def _wake(self) -> None:
+    def _watch(self, b: Backend) -> None:
+        b.load = self.load
+        b.on_free = self._grant if self.limit else None
+
+    def _grant(self) -> None:
+        """Hand backends with room to waiting requests, first come first served."""
+        queue = self._queue
+        while queue:
+            waiter = queue[0]
+            if waiter.future.done():  # gave up (timed out, client gone)
+                queue.popleft()
+                continue
+            b = self._choose(waiter.key, waiter.exclude)
+            if b is None:
+                return
+            queue.popleft()
+            b.acquire()
+            waiter.future.set_result(b)
+
+    def _wake_ready(self) -> None:
         for fut in self._waiters:
             if not fut.done():
                 fut.set_result(None)
         self._waiters.clear()
+
+    def _wake(self) -> None:
+        """None can come: every waiting request is answered now."""
+        self._wake_ready()
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+
+
+def _avoiding(cands: tuple[Backend, ...], exclude: Iterable[Backend]) -> tuple[Backend, ...]:
+    """`cands` without those already tried, unless that leaves none."""
+    if not exclude:
+        return cands
+    tried = set(exclude)
+    others = tuple(b for b in cands if b not in tried)
+    return others or cands

@@ -31,6 +31,7 @@ class ResponseRelay:
     """Turns one backend response into client bytes: header cleanup, re-framing, streaming."""
 
     __slots__ = (
+        "_added",
         "_chunked",
         "_conn",
         "_head",
@@ -56,9 +57,14 @@ class ResponseRelay:
     )
 
     def __init__(
-        self, head: RequestHead, write: Callable[[bytes], None], must_close: Callable[[], bool]
+        self,
+        head: RequestHead,
+        write: Callable[[bytes], None],
+        must_close: Callable[[], bool],
+        added: bytes = b"",
     ) -> None:
         self._head = head
+        self._added = added  # header lines of the proxy's own for the final response
         self._write = write
         self._must_close = must_close  # asked when the final head arrives
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
@@ -188,7 +194,9 @@ class ResponseRelay:
         self.mode = f.mode
         self.close = f.close
         self._out.append(
-            b"".join((headers.status_line(status, self.reason), *lines, f.lines, b"\r\n"))
+            b"".join(
+                (headers.status_line(status, self.reason), *lines, self._added, f.lines, b"\r\n")
+            )
         )
         self.started = True
         if f.mode == NO_BODY and status != 101:

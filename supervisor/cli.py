@@ -17,7 +17,7 @@ from .errors import ControlError, SupervisorError
 from .launch import cmd_daemon, cmd_up, setup_logging
 from .locate import client_for, load_plan
 from .logformat import FORMATS
-from .output import LogPrinter, print_json, ps_table, status_text
+from .output import LogPrinter, print_json, ps_table, scale_lines, status_text
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -34,7 +34,16 @@ def _rows(args: argparse.Namespace, rows: list[dict[str, Any]]) -> int:
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
-    return _rows(args, client_for(args).call("GET", "/v1/ps"))
+    client = client_for(args)
+    rows = client.call("GET", "/v1/ps")
+    if args.json:
+        return _rows(args, rows)
+    print(ps_table(rows))
+    # Desired vs actual, and why, for the autoscaled services (the rows are per instance).
+    lines = scale_lines(client.call("GET", "/v1/status"))
+    if lines:
+        print("\n" + "\n".join(lines))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from config.model import Plan
 
 from . import activation, memory, systemd
+from .autoscaler import Autoscaler
 from .clock import SYSTEM_CLOCK, Clock
 from .events import Event, EventBus
 from .instance import UP, Instance, Runtime, State
@@ -74,6 +75,10 @@ class Daemon:
         self._sampler = Sampler(
             self._pids, clock=clock, pace=self._memory_pace, observe=self._watch_memory
         )
+        self._autoscaler = Autoscaler(
+            lambda: self._registry.services, self.traffic, self._events, clock=clock
+        )
+        self.traffic.on_demand = self._autoscaler.activate
         self._reloader = Reloader(self)
         self._recorder = Recorder(
             self.state, self.token, self._recorded_pids, self._registry.scaled_counts
@@ -181,6 +186,7 @@ class Daemon:
         for service in self.services.values():
             service.bring_up()
         self._nursery.spawn(self._sampler.run(), "stats")
+        self._nursery.spawn(self._autoscaler.run(), "autoscaler")
         # READY=1 once every service is ready, completed or failed (not now: nothing is up yet).
         self._nursery.spawn(self.notifier.run(), "systemd notifier")
         if ready is not None:
@@ -243,6 +249,7 @@ class Daemon:
             )
         )
         self.traffic.state_changed(inst, old, new)
+        self._autoscaler.instance_changed(inst, new)
         service = self._registry.get(inst.spec.name)
         if service is not None:
             service.notify()
@@ -309,6 +316,9 @@ class Daemon:
     def proxy_metrics(self) -> str:
         return self.traffic.metrics()
 
+    def autoscaler_metrics(self) -> str:
+        return self._autoscaler.metrics()
+
     def status_line(self) -> str:
         """ "api 3/3 ready, worker 1/1 running": what systemd shows as the unit's Status."""
         return summary_line(self.services.values())
@@ -317,7 +327,12 @@ class Daemon:
         plan = self.plan
         proxy = self.traffic.describe() if plan.proxy is not None else None
         return daemon_status(
-            plan, self.started, proxy, self.services.values(), self._scopes.mechanism
+            plan,
+            self.started,
+            proxy,
+            self.services.values(),
+            self._scopes.mechanism,
+            autoscale=self._autoscaler.describe,
         )
 
     def resolve(self, targets: list[str]) -> list[Target]:

@@ -35,6 +35,9 @@ FIRST_PROBE_DELAY = 0.02
 # seconds to start, and a probe schedule grown to the full interval would leave it listening,
 # unused, for up to that long. Refused connects are cheap.
 STARTING_PROBE_MAX = 0.25
+# An autoscaled instance starts because requests wait for it (a cold start, or a burst):
+# every millisecond between its port opening and the first probe is theirs.
+COLD_START_PROBE = 0.01
 
 
 class Action(enum.Enum):
@@ -69,12 +72,20 @@ class HealthTracker:
     failures: int = 0
     delay: float = FIRST_PROBE_DELAY
     ever_ready: bool = False
+    pace_max: float = STARTING_PROBE_MAX  # probes at most this far apart while starting
 
     @classmethod
     def for_check(
-        cls, spec: HealthSpec, *, started: float, start_timeout: float = math.inf, what: str
+        cls,
+        spec: HealthSpec,
+        *,
+        started: float,
+        start_timeout: float = math.inf,
+        what: str,
+        pace_max: float = STARTING_PROBE_MAX,
     ) -> HealthTracker:
-        """A tracker for a configured health check (`what`: "http /healthz", "exec …")."""
+        """A tracker for a configured health check (`what`: "http /healthz", "exec …");
+        `pace_max`: COLD_START_PROBE for an instance requests are waiting for."""
         return cls(
             started=started,
             start_timeout=start_timeout,
@@ -84,11 +95,18 @@ class HealthTracker:
             liveness=spec.restart_unhealthy,
             readiness_only=False,
             waiting=f"{what} not passing yet",
+            delay=min(FIRST_PROBE_DELAY, pace_max),
+            pace_max=pace_max,
         )
 
     @classmethod
     def for_port(
-        cls, port: int, *, started: float, start_timeout: float = math.inf
+        cls,
+        port: int,
+        *,
+        started: float,
+        start_timeout: float = math.inf,
+        pace_max: float = STARTING_PROBE_MAX,
     ) -> HealthTracker:
         """A tracker for "ready once the port accepts connections" (no health check)."""
         return cls(
@@ -100,6 +118,8 @@ class HealthTracker:
             liveness=False,
             readiness_only=True,
             waiting=f"port {port} not accepting yet",
+            delay=min(FIRST_PROBE_DELAY, pace_max),
+            pace_max=pace_max,
         )
 
     def observe(self, result: ProbeResult, now: float) -> Transition:
@@ -150,7 +170,7 @@ class HealthTracker:
         if self.state is not State.STARTING:
             return self.interval
         delay = self.delay
-        self.delay = min(delay * 1.5, self.interval, STARTING_PROBE_MAX)
+        self.delay = min(delay * 1.5, self.interval, self.pace_max)
         return delay
 
     def _waiting(self, result: ProbeResult) -> str:

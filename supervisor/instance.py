@@ -155,6 +155,36 @@ class Instance:
         self._history.limit = spec.crash_limit
         self._history.window = spec.crash_window
 
+    def freeze(self) -> str | None:
+        """Freeze an idle ready instance (idle = "freeze"): out of the pool first, then its
+        processes. Returns how ("cgroup" or "SIGSTOP"), or None if it cannot be frozen."""
+        run = self._run
+        if self.state is not State.READY or run is None or run.pid is None:
+            return None
+        self._set(State.FROZEN, "idle")  # the pool stops sending it requests
+        try:
+            how = run.freeze()
+        except OSError as exc:
+            log.warning(
+                "%s (pid=%s): cannot freeze: %s; stopping it instead", self.name, run.pid, exc
+            )
+            run.thaw()
+            self._set(State.READY)
+            return None
+        log.info("%s frozen (pid=%d, %s)", self.name, run.pid, how)
+        self.note(f"idle, frozen ({how})")
+        return how
+
+    def thaw(self) -> bool:
+        """Let a frozen instance go on and take requests at once (it was ready when frozen;
+        its health checks resume an interval later)."""
+        run = self._run
+        if self.state is not State.FROZEN or run is None:
+            return False
+        run.thaw()
+        self._set(State.READY, "thawed")
+        return True
+
     def observe_memory(self, rss: int) -> None:
         """The sampler's latest RSS of its process tree (for memory_limit)."""
         if self._run is not None:

@@ -108,7 +108,9 @@ def _report_when_settled(client: Client, timeout: float, *, as_json: bool) -> in
     else:
         print(ps_table(rows))
     bad = [r for r in rows if r["state"] == "failed"]
-    pending = [r for r in rows if not r["ready"] and r["state"] not in ("completed", "failed")]
+    pending = [
+        r for r in rows if not r["ready"] and r["state"] not in ("completed", "failed", "idle")
+    ]
     if bad:
         names = ", ".join(str(r["name"]) for r in bad)
         # `logs SERVICE`, not `logs SERVICE.N`: a venv build failure is logged for the service

@@ -117,8 +117,8 @@ def _instances(rows: list[InstanceRow]) -> list[str]:
 
 
 def render_all(daemon: DaemonView) -> str:
-    """Everything /metrics serves: the supervisor's families, then the proxy's."""
-    return render(daemon) + daemon.proxy_metrics()
+    """Everything /metrics serves: the supervisor's families, the autoscaler's, the proxy's."""
+    return render(daemon) + daemon.autoscaler_metrics() + daemon.proxy_metrics()
 
 
 async def handle(request: web.Request, daemon: DaemonView) -> web.Response:

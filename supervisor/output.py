@@ -113,6 +113,28 @@ def ps_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def scale_lines(status: Mapping[str, Any]) -> list[str]:
+    """Under `corral ps`: each autoscaled service's desired vs actual count, and why."""
+    lines = []
+    for name, service in status.get("services", {}).items():
+        scale = service.get("autoscale")
+        if not isinstance(scale, Mapping):
+            continue
+        text = (
+            f"{name}: autoscaled {scale['min']}-{scale['max']}, {scale['ready']} ready of "
+            f"{scale['desired']} desired: {scale['reason']}"
+        )
+        starts = int(scale.get("cold_starts") or 0)
+        thaws = int(scale.get("thaws") or 0)
+        if starts or thaws:
+            counts = [f"{starts} cold start{'s' if starts != 1 else ''}"] if starts else []
+            counts += [f"{thaws} thaw{'s' if thaws != 1 else ''}"] if thaws else []
+            last = scale.get("last_cold_start_ms")
+            text += f" ({', '.join(counts)}" + (f", last {last:g} ms)" if last is not None else ")")
+        lines.append(text)
+    return lines
+
+
 def status_text(status: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> str:
     """`corral status`: the daemon, its proxy, and one line per service."""
     proxy = status.get("proxy")
@@ -131,7 +153,10 @@ def status_text(status: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) ->
             if row["service"] == name and not row.get("retiring") and not row.get("incoming"):
                 states[str(row["state"])] = states.get(str(row["state"]), 0) + 1
         desired = str(service["desired"])
-        if service["desired"] != service["configured"]:
+        scale = service.get("autoscale")
+        if isinstance(scale, Mapping):
+            desired += f" (autoscaled {scale['min']}-{scale['max']})"
+        elif service["desired"] != service["configured"]:
             desired += f" (config: {service['configured']})"
         table.append(
             (

@@ -67,7 +67,7 @@ class Registry:
         return {
             name: [s.desired, s.spec.instances]
             for name, s in self._services.items()
-            if s.desired != s.spec.instances
+            if s.desired != s.spec.instances and s.spec.scale is None  # the autoscaler's own
         }
 
     # --- changes -----------------------------------------------------------------------------
@@ -77,7 +77,7 @@ class Registry:
         the daemon while the config's count for that service is unchanged)."""
         for name, spec in self._plan.services.items():
             desired = spec.instances
-            if name in scaled and scaled[name][1] == spec.instances:
+            if name in scaled and scaled[name][1] == spec.instances and spec.scale is None:
                 desired = scaled[name][0]
             self._services[name] = Service(spec, self._context(), desired)
 
@@ -103,7 +103,12 @@ class Registry:
             for name in changes.updated:
                 self._services[name].update(new.services[name])
             for name, count in changes.scaled.items():
-                if name not in changes.rolled:
+                if name in changes.rolled:
+                    continue
+                if new.services[name].scale is not None:
+                    # Autoscaled: its min changed; the autoscaler keeps the count within it.
+                    self._services[name].update(new.services[name])
+                else:
                     work.append(self._services[name].scale(count))
             for name in changes.removed:
                 work.append(self._remove(name))
@@ -142,6 +147,13 @@ class Registry:
                 known = ", ".join(self._services) or "none"
                 raise TargetError(
                     f"scale takes service names; no service {name!r} (services: {known})"
+                )
+            scale = self._services[name].spec.scale
+            if scale is not None:
+                raise TargetError(
+                    f"{name} is autoscaled ({scale.min} to {scale.max} instances by its "
+                    f"requests): change scale.min / scale.max in {self._plan.path.name} and "
+                    "reload instead"
                 )
 
     def cancel_bring_ups(self) -> None:

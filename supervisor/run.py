@@ -22,7 +22,8 @@ from config.units import format_duration
 from . import probe as probes
 from .backoff import describe_exit
 from .errors import SpawnError
-from .health import Action, HealthTracker
+from .freezer import Freezer
+from .health import COLD_START_PROBE, STARTING_PROBE_MAX, Action, HealthTracker
 from .memory import MemoryWatch
 from .process import descendants, reap_group, spawn, stop_tree
 from .states import State
@@ -71,6 +72,10 @@ class ProcessRun:
         self._proc: asyncio.subprocess.Process | None = None
         self.started_at = 0.0  # wall clock
         self._started = 0.0  # monotonic
+        self._freezer: Freezer | None = None
+        self._thawed = asyncio.Event()  # cleared while frozen: the health watch waits on it
+        self._thawed.set()
+        self._freezes = 0  # a probe out across a freeze means nothing
         spec = inst.spec
         self._memory = (
             MemoryWatch(spec.memory_limit, spec.memory_grace) if spec.memory_limit else None
@@ -90,6 +95,24 @@ class ProcessRun:
     @property
     def uptime(self) -> float:
         return self._clock.now() - self._started if self.pid is not None else 0.0
+
+    def freeze(self) -> str:
+        """Freeze the process tree (idle = "freeze"); returns how. OSError if it cannot."""
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            raise ProcessLookupError(f"{self._inst.name} has no process to freeze")
+        if self._freezer is None:
+            scope = self._inst.scope
+            self._freezer = Freezer(proc.pid, scope.cgroup if scope is not None else None)
+        self._freezes += 1
+        self._thawed.clear()
+        return self._freezer.freeze()
+
+    def thaw(self) -> None:
+        """Let a frozen process tree go on (a no-op if it is not frozen)."""
+        if self._freezer is not None:
+            self._freezer.thaw()
+        self._thawed.set()
 
     def observe_memory(self, rss: int, now: float) -> None:
         """A sample of the tree's RSS (memory_limit); past its grace, the run restarts."""
@@ -194,6 +217,8 @@ class ProcessRun:
         ordered = inst.stop_requested.is_set() or stop_for is None
         was_routable = inst.in_pool
         inst.enter(State.STOPPING, "" if ordered or stop_for is None else stop_for.detail)
+        # A frozen process would not see its stop signal until thawed (only SIGKILL reaches it).
+        self.thaw()
         if was_routable:
             await self._drain()
         scope = inst.scope
@@ -264,10 +289,12 @@ class ProcessRun:
                 await self._clock.sleep(wait)
             inst.enter(State.RUNNING)
             return await _forever()
+        # Requests wait for an autoscaled instance that starts (at zero, or in a burst).
+        pace = COLD_START_PROBE if inst.spec.scale is not None else STARTING_PROBE_MAX
         if spec is None:
             assert inst.port is not None
             tracker = HealthTracker.for_port(
-                inst.port, started=self._started, start_timeout=timeout
+                inst.port, started=self._started, start_timeout=timeout, pace_max=pace
             )
         else:
             if inst.port is not None and spec.command:
@@ -276,14 +303,26 @@ class ProcessRun:
                     spec, command=tuple(arg.replace("{port}", port) for arg in spec.command)
                 )
             tracker = HealthTracker.for_check(
-                spec, started=self._started, start_timeout=timeout, what=_check_name(spec)
+                spec,
+                started=self._started,
+                start_timeout=timeout,
+                what=_check_name(spec),
+                pace_max=pace,
             )
         while True:
+            await self._thawed.wait()  # no probes while frozen
+            freezes = self._freezes
             if spec is None:
                 assert inst.port is not None
                 result = await probes.probe_port(HOST, inst.port, 1.0)
             else:
                 result = await probes.probe(spec, HOST, inst.port, cwd=inst.spec.cwd, env=self._env)
+            if freezes != self._freezes:
+                # Frozen while the probe was out: its failure says nothing. Probe again a
+                # whole interval after the thaw.
+                await self._thawed.wait()
+                await self._clock.sleep(tracker.interval)
+                continue
             seen = tracker.observe(result, self._clock.now())
             if seen.state is not None:
                 inst.enter(seen.state, seen.detail)

@@ -80,6 +80,8 @@ class Service:
         self._lock = asyncio.Lock()  # one structural operation at a time
         self._changed = asyncio.Event()
         self._bringup: asyncio.Task[None] | None = None
+        self._shrinking: set[Instance] = set()  # scaled in by the autoscaler, draining
+        self._stopped_by_order = False  # `corral stop api`: the autoscaler leaves it alone
 
     # --- what others may read ------------------------------------------------------------------
 
@@ -124,9 +126,101 @@ class Service:
     def retiring(self) -> tuple[Instance, ...]:
         return tuple(self._roller.retiring)
 
+    @property
+    def shrinking(self) -> tuple[Instance, ...]:
+        """Instances the autoscaler scaled in, draining before they stop."""
+        return tuple(sorted(self._shrinking, key=lambda i: i.index))
+
     def everything(self) -> list[Instance]:
-        """Every incarnation this service holds: current, incoming and retiring."""
-        return [*self._instances.values(), *self._roller.incoming, *self._roller.retiring]
+        """Every incarnation this service holds: current, incoming, retiring and shrinking."""
+        return [
+            *self._instances.values(),
+            *self._roller.incoming,
+            *self._roller.retiring,
+            *self._shrinking,
+        ]
+
+    # --- autoscaling (the autoscaler's orders: autoscaler.py) -------------------------------------
+
+    @property
+    def autoscaling(self) -> bool:
+        """Whether the autoscaler may change the count now: autoscaled, started, not stopped
+        by an order, not failed."""
+        return (
+            self._spec.scale is not None
+            and not self._closed
+            and not self._stopped_by_order
+            and self._phase in (Phase.RUNNING, Phase.ROLLING)
+        )
+
+    @property
+    def resizable(self) -> bool:
+        """Whether `resize` acts now (no roll, reload or order holds the service)."""
+        return self.autoscaling and not self._lock.locked()
+
+    @property
+    def stopped_by_order(self) -> bool:
+        return self._stopped_by_order
+
+    def ready_count(self) -> int:
+        """Instances ready for requests."""
+        return sum(1 for inst in self._instances.values() if inst.state is State.READY)
+
+    def frozen_instance(self) -> Instance | None:
+        return next((i for i in self._instances.values() if i.state is State.FROZEN), None)
+
+    def needs_resize(self, count: int, *, freeze: bool) -> bool:
+        """Whether `resize(count)` would change anything: an instance past `count` to stop
+        (or freeze), or a frozen one that should run."""
+        for index, inst in self._instances.items():
+            if index > count and not (freeze and count == 0 and index == 1 and _frozen(inst)):
+                return True
+            if index <= count and inst.state is State.FROZEN:
+                return True
+        return any(index not in self._instances for index in range(1, count + 1))
+
+    def resize(self, count: int, *, freeze: bool = False) -> bool:
+        """Run `count` instances, now: missing ones are spawned (a frozen one is thawed),
+        those past `count` are taken out of the pool and stopped in the background after they
+        drain. With `freeze` and count 0, instance 1 is frozen instead of stopped.
+
+        Returns False, changing nothing, while a structural operation (a roll, a reload, an
+        order) holds the service: the autoscaler asks again at its next tick.
+        """
+        if not self.resizable:
+            return False
+        self._desired = count
+        for index in range(1, count + 1):
+            inst = self._instances.get(index)
+            if inst is None:
+                # Its old incarnation may still drain on the configured port: take another.
+                fresh = any(old.index == index for old in self._shrinking)
+                inst = self._spawn(index, fresh_port=fresh)
+                self._instances[index] = inst
+            elif inst.state is State.FROZEN:
+                inst.thaw()
+        for index in sorted(self._instances):
+            if index <= count:
+                continue
+            inst = self._instances[index]
+            if freeze and count == 0 and index == 1 and (_frozen(inst) or inst.freeze()):
+                continue  # kept, frozen: the next request thaws it
+            self._shrink(self._instances.pop(index))
+        self.notify()
+        return True
+
+    def _shrink(self, inst: Instance) -> None:
+        self._shrinking.add(inst)
+
+        async def stop() -> None:
+            try:
+                await inst.stop()  # drains first
+            finally:
+                self._shrinking.discard(inst)
+                self._ctx.ports.release(inst.port_owner)
+                self.notify()
+
+        self._ctx.runtime.spawn(stop(), f"scale-in:{inst.name}")
 
     # --- bring-up ------------------------------------------------------------------------------
 
@@ -342,6 +436,8 @@ class Service:
     async def stop(self, indexes: Iterable[int] | None = None) -> None:
         """Stop instances (all by default) and keep them stopped until started again."""
         async with self._lock:
+            if indexes is None:
+                self._stopped_by_order = True  # no autoscaling until `corral start`
             targets = self._pick(indexes)
             await asyncio.gather(*(inst.stop() for inst in targets))
 
@@ -355,6 +451,7 @@ class Service:
                     return
             self._phase = Phase.RUNNING
             if indexes is None:
+                self._stopped_by_order = False
                 for index in range(1, self._desired + 1):
                     if index not in self._instances:
                         self._spawn(index)
@@ -422,7 +519,7 @@ class Service:
     async def roll_onto(self, spec: ServiceSpec) -> None:
         """A reload changed how the processes run: roll every instance onto `spec`."""
         self._spec = spec
-        self._desired = spec.instances
+        self._desired = _count_under(spec, self._desired)
         if not any(inst.has_process for inst in self._instances.values()):
             # Nothing is serving (failed, or still waiting): start afresh with the new settings.
             await self.reset()
@@ -431,7 +528,7 @@ class Service:
         if not await self.prepare():
             raise SupervisorError(f"{self.name}: {self._error}")
         await self.restart(rolling=True)
-        await self.scale(spec.instances)
+        await self.scale(_count_under(spec, self._desired))
 
     def update(self, spec: ServiceSpec) -> None:
         """Settings that need no restart (policies, routing, counts saved to the file)."""
@@ -442,6 +539,12 @@ class Service:
         self._spec = spec
         for inst in self.everything():
             inst.update_spec(spec)
+        if spec.scale is None:
+            # No longer autoscaled: nothing thaws a frozen instance on demand any more.
+            for inst in self._instances.values():
+                inst.thaw()
+        else:
+            self._desired = _count_under(spec, self._desired)
         if rewait:
             self.bring_up()  # wait on the new dependencies instead
 
@@ -482,3 +585,15 @@ class Service:
     def rows(self, stats: StatsSnapshot, now: float) -> list[InstanceRow]:
         """This service's lines of `corral ps`."""
         return service_rows(self, stats, now)
+
+
+def _frozen(inst: Instance) -> bool:
+    return inst.state is State.FROZEN
+
+
+def _count_under(spec: ServiceSpec, current: int) -> int:
+    """The count to keep for `spec`: the autoscaler's, within the new min and max, or the
+    configured one of a service that is not autoscaled."""
+    if spec.scale is None:
+        return spec.instances
+    return min(max(current, spec.scale.min), spec.scale.max)

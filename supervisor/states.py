@@ -19,6 +19,7 @@ class State(enum.Enum):
     READY = "ready"
     UNHEALTHY = "unhealthy"
     RUNNING = "running"  # up, with no port and no health check to say more
+    FROZEN = "frozen"  # an idle autoscaled instance, its processes frozen; thawed on demand
     STOPPING = "stopping"
     STOPPED = "stopped"
     CRASHED = "crashed"
@@ -43,7 +44,10 @@ TRANSITIONS: Mapping[State, frozenset[State]] = MappingProxyType(
         # A new or stopped instance is started, or cannot even be started (its port is taken).
         State.STOPPED: frozenset({State.STARTING, State.FAILED}),
         State.STARTING: frozenset({State.READY, State.RUNNING, State.UNHEALTHY}) | _ENDINGS,
-        State.READY: frozenset({State.UNHEALTHY}) | _ENDINGS,
+        State.READY: frozenset({State.UNHEALTHY, State.FROZEN}) | _ENDINGS,
+        # Thawed by the next request, stopped (thawed first, so it sees its stop signal), or
+        # killed while frozen (SIGKILL reaches frozen processes).
+        State.FROZEN: frozenset({State.READY}) | _ENDINGS,
         State.UNHEALTHY: frozenset({State.READY}) | _ENDINGS,
         State.RUNNING: _ENDINGS,
         # Stopped by order, or for a liveness failure (a crash) or a start timeout (failed).

@@ -68,6 +68,11 @@ def _done(row: Mapping[str, Any]) -> bool:
     return row.get("state") == "completed"
 
 
+def _idle(row: Mapping[str, Any]) -> bool:
+    """The line of an autoscaled service at zero: no instance, nothing down."""
+    return row.get("state") == "idle"
+
+
 def bucket_bounds(keys: Sequence[str]) -> list[float]:
     """Upper bounds of histogram buckets keyed like Prometheus `le` labels ("0.005", "+Inf")."""
     return [math.inf if key == "+Inf" else float(key) for key in keys]
@@ -148,7 +153,9 @@ class StatsFeed:
                 name=name,
                 routed=routed,
                 # A oneshot that finished is done, not down: counted apart from up / total.
-                total=len(current := [i for i in insts if not _in_roll(i) and not _done(i)]),
+                total=len(
+                    current := [i for i in insts if not (_in_roll(i) or _done(i) or _idle(i))]
+                ),
                 up=sum(1 for i in current if i.get("ready")),
                 completed=sum(1 for i in insts if _done(i)),
                 cpu_percent=round(sum(float(i.get("cpu_percent") or 0.0) for i in insts), 1),

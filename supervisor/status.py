@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, TypedDict
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, NotRequired, TypedDict
 
 from config.model import Plan
 from config.units import format_duration
@@ -14,6 +14,7 @@ from .sampler import ProcessSample, StatsSnapshot
 from .states import UP, Phase, State
 
 if TYPE_CHECKING:
+    from .autoscaler import ScaleStatus
     from .instance import Instance
     from .service import Service
 
@@ -50,6 +51,10 @@ class ServiceStatus(TypedDict):
     phase: str
     error: str | None
     venv: str | None
+    # Autoscaled services only: the autoscaler's view, and (for corral top and the dashboard)
+    # how many starts from zero there were.
+    autoscale: NotRequired[ScaleStatus]
+    cold_starts: NotRequired[int]
     venv_build_s: float | None  # the last build's duration, in this daemon's life
     caps: str  # of its instances (as ps shows them), "" without cgroup caps
 
@@ -103,7 +108,7 @@ def placeholder_row(
     return InstanceRow(
         service=service,
         index=index,
-        name=f"{service}.{index}",
+        name=f"{service}.{index}" if index else service,  # 0: the service itself (at zero)
         pid=None,
         port=None,
         state=state,
@@ -132,7 +137,7 @@ def service_rows(service: Service, stats: StatsSnapshot, now: float) -> list[Ins
     roles = [
         *((service.instances[i], "current") for i in sorted(service.instances)),
         *((i, "incoming") for i in service.incoming),
-        *((i, "retiring") for i in service.retiring),
+        *((i, "retiring") for i in (*service.retiring, *service.shrinking)),
     ]
     rows = [
         instance_row(i, phase=phase, role=role, sample=stats.of(i.pid), now=now)
@@ -140,6 +145,17 @@ def service_rows(service: Service, stats: StatsSnapshot, now: float) -> list[Ins
     ]
     if rows:
         return rows
+    if service.spec.scale is not None and phase in (Phase.RUNNING, Phase.ROLLING):
+        # Scaled to zero: one line says so, or the service would vanish from ps.
+        return [
+            placeholder_row(
+                service.name,
+                0,
+                state="idle",
+                detail="scaled to zero: the next request starts an instance",
+                phase=phase,
+            )
+        ]
     # Not spawned yet (waiting on dependencies, building the venv) or never will be (venv
     # build failed): still one row per desired instance, so ps shows why.
     state = {Phase.FAILED: "failed", Phase.HELD: "stopped", Phase.STOPPED: "stopped"}.get(
@@ -152,7 +168,7 @@ def service_rows(service: Service, stats: StatsSnapshot, now: float) -> list[Ins
 
 
 # Rows in these states need no order to stay as they are (for `up -d` and for READY=1).
-SETTLED = frozenset({"failed", "completed", "stopped"})
+SETTLED = frozenset({"failed", "completed", "stopped", "idle"})  # idle: scaled to zero
 
 
 def settled(rows: Iterable[InstanceRow]) -> bool:
@@ -212,8 +228,30 @@ def daemon_status(
     proxy: dict[str, object] | None,
     services: Iterable[Service],
     containment: str,
+    *,
+    autoscale: Callable[[Service], ScaleStatus | None] = lambda _: None,
 ) -> DaemonStatus:
     """`GET /v1/status` of the daemon running `plan` since `started` (wall clock)."""
+    described: dict[str, ServiceStatus] = {}
+    for s in services:
+        status = described[s.name] = ServiceStatus(
+            desired=s.desired,
+            configured=s.spec.instances,
+            phase=s.phase.value,
+            error=s.error,
+            venv=str(s.venv) if s.venv else None,
+            venv_build_s=(
+                round(s.venv_build_seconds, 3) if s.venv_build_seconds is not None else None
+            ),
+            caps=next(
+                (i.scope.caps.note() for i in s.instances.values() if i.scope is not None),
+                "",
+            ),
+        )
+        scaling = autoscale(s)
+        if scaling is not None:
+            status["autoscale"] = scaling
+            status["cold_starts"] = scaling["cold_starts"]
     return DaemonStatus(
         project=plan.project,
         config=str(plan.path),
@@ -221,22 +259,6 @@ def daemon_status(
         uptime_s=round(time.time() - started, 3),
         socket=str(plan.daemon.socket),
         proxy=proxy,
-        services={
-            s.name: ServiceStatus(
-                desired=s.desired,
-                configured=s.spec.instances,
-                phase=s.phase.value,
-                error=s.error,
-                venv=str(s.venv) if s.venv else None,
-                venv_build_s=(
-                    round(s.venv_build_seconds, 3) if s.venv_build_seconds is not None else None
-                ),
-                caps=next(
-                    (i.scope.caps.note() for i in s.instances.values() if i.scope is not None),
-                    "",
-                ),
-            )
-            for s in services
-        },
+        services=described,
         containment=containment,
     )

@@ -1,19 +1,23 @@
 """Feeds instance readiness into the proxy's pools: the one place supervisor meets proxy.
 
 The proxy knows nothing about processes; it is told "backend ready / draining / gone" here.
+For an autoscaled service it is also where the pool's demand is read (`demand`) and where a
+request held at zero reaches the autoscaler (`on_demand`).
 """
 
 from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from config.model import Plan, ProxySpec, ServiceSpec
 from proxy.pool import Pool, WhenEmpty
 from proxy.router import Router
 
+from .autoscaler import Demand
 from .errors import SupervisorError
 from .instance import FINAL, HOST, Instance, State
 
@@ -24,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # Once an instance has left these states it gets no new traffic until it is ready again.
 _GONE = frozenset({State.CRASHED, State.BACKOFF, State.FAILED, State.STOPPED, State.COMPLETED})
+# Requests one autoscaled pool may hold at once (each is a client connection, itself bounded
+# by [proxy] max_connections); more get 503 at once.
+MAX_HELD = 1000
 
 
 class Traffic:
@@ -37,6 +44,8 @@ class Traffic:
         self.addresses: list[tuple[str, int]] = []
         self._members: dict[str, set[str]] = {}  # service → pool keys currently added
         self._alive: dict[str, set[str]] = {}  # service → instances not stopped/failed/done
+        self._autoscaled: set[str] = set()
+        self.on_demand: Callable[[str], None] | None = None  # the autoscaler's `activate`
 
     def configure(self, plan: Plan, instances: Iterable[Instance] = ()) -> None:
         """Create/reuse pools for routed services and swap routes atomically (reload-safe).
@@ -48,12 +57,14 @@ class Traffic:
         for name, spec in routed.items():
             pool = self.pools.get(name)
             if pool is None:
-                self.pools[name] = Pool(name, spec.balance, spec.hash_key)
+                pool = self.pools[name] = Pool(name, spec.balance, spec.hash_key)
             else:
                 pool.reconfigure(spec.balance, spec.hash_key)
+            self._autoscale(pool, spec)
         for name in set(self.pools) - set(routed):
             del self.pools[name]
             self._members.pop(name, None)
+            self._autoscaled.discard(name)
         self._routed = routed
         routes = [(spec.route, self.pools[name]) for name, spec in routed.items() if spec.route]
         self.router.set_routes(routes)
@@ -62,6 +73,54 @@ class Traffic:
         for inst in instances:
             if inst.routable and inst.spec.name in self.pools:
                 self._join(inst)
+
+    def _autoscale(self, pool: Pool, spec: ServiceSpec) -> None:
+        scale = spec.scale
+        if scale is None:
+            if spec.name in self._autoscaled:
+                self._autoscaled.discard(spec.name)
+                pool.autoscale(enabled=False)
+            return
+        self._autoscaled.add(spec.name)
+        name = spec.name
+        pool.autoscale(
+            limit=scale.concurrency,
+            hold_timeout=scale.cold_start_timeout,
+            max_held=MAX_HELD,
+            cold_start_header=scale.cold_start_header,
+            on_demand=lambda: self._demanded(name),
+        )
+        if pool.when_empty is not WhenEmpty.FAIL:
+            pool.set_when_empty(WhenEmpty.HOLD)
+
+    def _demanded(self, name: str) -> None:
+        if self.on_demand is not None:
+            self.on_demand(name)
+
+    def demand(self, service: str) -> Demand | None:
+        """An autoscaled service's requests, as its pool counts them (None: no such pool)."""
+        pool = self.pools.get(service)
+        load = pool.load if pool is not None else None
+        if pool is None or load is None:
+            return None
+        held = pool.queued
+        return Demand(
+            in_flight=max(0, load.count - held),
+            held=held,
+            busy=load.busy_at(time.monotonic()),
+            idle_since=load.idle_since if load.count == 0 else None,
+        )
+
+    def set_holding(self, service: str, holding: bool, reason: str = "") -> None:
+        """An autoscaled service can start instances on demand (hold requests at zero), or
+        cannot (stopped by an order: answer 503 at once, saying why)."""
+        pool = self.pools.get(service)
+        if pool is None or service not in self._autoscaled:
+            return
+        if holding and pool.when_empty is not WhenEmpty.HOLD:
+            pool.set_when_empty(WhenEmpty.HOLD)
+        elif not holding and pool.when_empty is not WhenEmpty.FAIL:
+            pool.set_when_empty(WhenEmpty.FAIL, reason)
 
     async def start(
         self, spec: ProxySpec, inherited: list[socket.socket] | None = None
@@ -92,8 +151,13 @@ class Traffic:
         pool = self.pools.get(inst.spec.name)
         if pool is None or inst.port is None:
             return
+        if inst.spec.name in self._autoscaled:
+            # At zero the autoscaler starts one on demand: its pool holds, unless the service
+            # was stopped by an order (set_holding); one starting (`corral start`) is awaited.
+            if new is State.STARTING:
+                pool.set_when_empty(WhenEmpty.HOLD)
         # With no instance left that could come back on its own, waiting helps nobody.
-        if new is State.STARTING:
+        elif new is State.STARTING:
             pool.set_when_empty(WhenEmpty.QUEUE)
         elif new in FINAL and not alive:
             detail = f" ({inst.detail})" if inst.detail else ""
@@ -101,7 +165,7 @@ class Traffic:
         members = self._members.setdefault(inst.spec.name, set())
         if new is State.READY:
             self._join(inst)
-        elif new is State.UNHEALTHY and inst.key in members:
+        elif new in (State.UNHEALTHY, State.FROZEN) and inst.key in members:
             pool.set_ready(inst.key, False)
         elif new in _GONE and inst.key in members:
             pool.remove(inst.key)

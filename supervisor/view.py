@@ -59,6 +59,10 @@ class DaemonView(Protocol):
         """The proxy's Prometheus text ("" without a proxy)."""
         ...
 
+    def autoscaler_metrics(self) -> str:
+        """Cold starts and scale decisions in Prometheus text ("" with nothing autoscaled)."""
+        ...
+
 
 class DaemonControl(DaemonView, Protocol):
     """What the control API may ask of the daemon: reads, plus orders."""

@@ -59,17 +59,25 @@ async def wait_until(
 
 async def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
     """One HTTP/1.0 GET on 127.0.0.1:port; (status, body)."""
+    status, _, body = await http_exchange(port, path, timeout)
+    return status, body
+
+
+async def http_exchange(
+    port: int, path: str = "/", timeout: float = 5.0, host: str = "test"
+) -> tuple[int, str, bytes]:
+    """One HTTP/1.0 GET on 127.0.0.1:port; (status, response head, body)."""
     async with asyncio.timeout(timeout):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            writer.write(f"GET {path} HTTP/1.0\r\nHost: test\r\n\r\n".encode())
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
             raw = await reader.read()
         finally:
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
     head, _, body = raw.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), body
+    return int(head.split(b" ", 2)[1]), head.decode("latin-1"), body
 
 
 async def get_json(port: int, path: str = "/") -> dict[str, object]:

@@ -36,7 +36,8 @@ def copy_shop(tmp_path: Path, *, listen: str | None = None, project: str | None 
 
 
 def full_project(tmp_path: Path) -> Path:
-    """A project whose `api` sets every service key, with every [proxy] key set too."""
+    """A project whose `api` sets every service key, with every [proxy] key set too, and an
+    autoscaled `fn` that sets every `scale` key."""
     root = tmp_path / "full"
     (root / "api").mkdir(parents=True)
     (root / "api" / "requirements.txt").write_text("aiohttp>=3.9\n")
@@ -121,6 +122,15 @@ def full_project(tmp_path: Path) -> Path:
             retries = 2
             start_period = "5s"
             restart_unhealthy = false
+
+            [services.fn]
+            command = ["python", "app.py", "--port", "{{port}}"]
+            cwd = "api"
+            port = "auto"
+            venv = false
+            app = "app:app"
+            route = {{ path = "/fn" }}
+            scale = {{ min = 0, max = 4, concurrency = 1, window = "30s", panic_window = "3s", panic_threshold = 3.0, idle_timeout = "2m", cold_start_timeout = "15s", idle = "freeze", cold_start_header = true }}
             """
         )
     )
@@ -128,11 +138,12 @@ def full_project(tmp_path: Path) -> Path:
 
 
 def without_proxy(tmp_path: Path) -> Path:
-    """The fully loaded project with no [proxy] table: routes are set but nothing proxies."""
+    """The fully loaded project with no [proxy] table: routes are set but nothing proxies
+    (and no autoscaled service, which needs the proxy)."""
     path = full_project(tmp_path)
     text = path.read_text()
     start, end = text.index("[proxy]"), text.index("[services.migrate]")
-    path.write_text(text[:start] + text[end:])
+    path.write_text(text[:start] + text[end : text.index("[services.fn]")])
     return path
 
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from config.model import HealthKind, HealthSpec
-from supervisor.health import FIRST_PROBE_DELAY, STARTING_PROBE_MAX, Action, HealthTracker
+from supervisor.health import (
+    COLD_START_PROBE,
+    FIRST_PROBE_DELAY,
+    STARTING_PROBE_MAX,
+    Action,
+    HealthTracker,
+)
 from supervisor.probe import ProbeResult
 from supervisor.states import State
 
@@ -32,6 +38,17 @@ def test_port_probes_speed_up_start_then_ready_stops_probing() -> None:
     ready = t.observe(ProbeResult(True, "port open"), now=2.1)
     assert ready.state is State.READY and ready.detail == ""
     assert ready.next_probe is None  # no liveness for the bare port check
+
+
+def test_a_cold_start_is_probed_every_few_milliseconds() -> None:
+    # Requests wait for an autoscaled instance: no growing schedule, a probe every 10 ms.
+    for t in (
+        HealthTracker.for_port(8001, started=0.0, pace_max=COLD_START_PROBE),
+        _check(pace_max=COLD_START_PROBE),
+    ):
+        delays = [t.observe(REFUSED, now=0.01 * i).next_probe for i in range(50)]
+        assert set(delays) == {COLD_START_PROBE}
+        assert t.observe(OK, now=0.5).state is State.READY
 
 
 def test_port_that_never_opens_fails_the_start_at_the_timeout() -> None:

@@ -50,6 +50,10 @@ def test_every_state_can_be_stopped_eventually() -> None:
         (State.FAILED, State.STARTING),  # retried after the cool-down
         (State.COMPLETED, State.STARTING),
         (State.STOPPED, State.FAILED),  # its port is taken
+        (State.READY, State.FROZEN),  # idle = "freeze"
+        (State.FROZEN, State.READY),  # thawed by a request
+        (State.FROZEN, State.STOPPING),  # thawed, then stopped
+        (State.FROZEN, State.CRASHED),  # SIGKILLed while frozen
     ],
 )
 def test_allowed(old: State, new: State) -> None:
@@ -69,6 +73,9 @@ def test_allowed(old: State, new: State) -> None:
         (State.COMPLETED, State.STOPPED),
         (State.STOPPING, State.READY),
         (State.FAILED, State.READY),
+        (State.STARTING, State.FROZEN),  # only a ready (idle) instance is frozen
+        (State.UNHEALTHY, State.FROZEN),
+        (State.FROZEN, State.UNHEALTHY),  # no probes while frozen
     ],
 )
 def test_forbidden(old: State, new: State) -> None:

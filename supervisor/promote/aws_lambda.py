@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from config.model import ServiceSpec
+from config.model import IdleMode, ScaleSpec, ServiceSpec
 
 from .errors import PromoteError
 from .kubernetes import judge_proxy
@@ -111,12 +111,98 @@ def _function(stack: Stack, w: Workload) -> dict[str, Any]:
         "Runtime": RUNTIME,
         "MemorySize": MEMORY,
         "Timeout": _timeout(stack),
-        "ReservedConcurrentExecutions": w.replicas,
+        "ReservedConcurrentExecutions": reserved_concurrency(spec),
         "Layers": [{"Ref": "CorralShim"}],
         "Environment": {"Variables": env},
         "Events": _events(spec),
     }
+    warm = provisioned_concurrency(spec)
+    if warm:
+        # Provisioned concurrency is set on a version: SAM publishes one behind an alias.
+        properties["AutoPublishAlias"] = "live"
+        properties["ProvisionedConcurrencyConfig"] = {"ProvisionedConcurrentExecutions": warm}
     return {"Type": "AWS::Serverless::Function", "Properties": properties}
+
+
+def requests_per_instance(scale: ScaleSpec) -> int:
+    """Requests one Corral instance takes at once: its hard limit, else its target. A Lambda
+    execution environment takes one."""
+    return scale.concurrency or math.ceil(scale.target)
+
+
+def reserved_concurrency(spec: ServiceSpec) -> int:
+    """The function's most requests at once: every instance Corral may run, each as busy as
+    it may get (one environment per request)."""
+    if spec.scale is None:
+        return spec.instances
+    return spec.scale.max * requests_per_instance(spec.scale)
+
+
+def provisioned_concurrency(spec: ServiceSpec) -> int:
+    """Environments kept initialised: what `scale.min` keeps running (0: none)."""
+    if spec.scale is None:
+        return 0
+    return spec.scale.min * requests_per_instance(spec.scale)
+
+
+def _judge_scale(w: Workload, found: Findings) -> None:
+    name, scale = w.name, w.spec.scale
+    if scale is None:
+        found.mapped(name, "scale", "not autoscaled")
+        found.approximated(
+            name, "instances", "ReservedConcurrentExecutions: at most that many requests at once"
+        )
+        return
+    found.mapped(name, "instances", "see scale.min")
+    per = requests_per_instance(scale)
+    if scale.concurrency == 1:
+        found.mapped(name, "scale.max", "ReservedConcurrentExecutions")
+        found.mapped(
+            name, "scale.min", "ProvisionedConcurrentExecutions" if scale.min else "no provisioning"
+        )
+    else:
+        times = f"x {per} (requests per instance: one per execution environment)"
+        found.approximated(name, "scale.max", f"ReservedConcurrentExecutions: max {times}")
+        found.approximated(
+            name,
+            "scale.min",
+            f"ProvisionedConcurrentExecutions: min {times}" if scale.min else "no provisioning",
+        )
+    found.approximated(
+        name, "scale.target", "Lambda gives each in-flight request an execution environment"
+    )
+    if scale.concurrency == 1:
+        found.mapped(name, "scale.concurrency", "one request per execution environment")
+    else:
+        found.approximated(
+            name, "scale.concurrency", "Lambda runs one request per execution environment"
+        )
+    for field in ("scale.window", "scale.panic_window", "scale.panic_threshold"):
+        found.approximated(
+            name, field, "Lambda adds environments per request at once, with no averaging window"
+        )
+    found.approximated(
+        name,
+        "scale.idle_timeout",
+        "Lambda keeps an idle environment for a time of its own choosing (minutes)",
+    )
+    found.approximated(
+        name, "scale.cold_start_timeout", "Lambda's init phase has its own limit (10 s)"
+    )
+    if scale.idle is IdleMode.FREEZE:
+        found.mapped(name, "scale.idle", "Lambda freezes an idle environment between requests")
+    else:
+        found.approximated(
+            name, "scale.idle", "Lambda freezes an idle environment before it removes it"
+        )
+    if scale.cold_start_header:
+        found.dropped(
+            name,
+            "scale.cold_start_header",
+            "API Gateway adds no cold-start header: Lambda logs Init Duration in REPORT lines",
+        )
+    else:
+        found.mapped(name, "scale.cold_start_header", "off")
 
 
 def _events(spec: ServiceSpec) -> dict[str, Any]:
@@ -147,9 +233,7 @@ def _judge(stack: Stack, w: Workload, found: Findings) -> None:
         "not run: Lambda calls the app through the handler (the command's options are lost)",
     )
     found.mapped(name, "cwd", "CodeUri")
-    found.approximated(
-        name, "instances", "ReservedConcurrentExecutions: at most that many requests at once"
-    )
+    _judge_scale(w, found)
     found.approximated(name, "port", "no port: API Gateway invokes the handler")
     found.mapped(name, "auto_port", "see port")
     found.record(

@@ -17,7 +17,7 @@ from .dockerfile import dockerfile_path, healthcheck_test, judge_image, render_i
 from .entry import DIR, entry_probe, judge_idle_proxy, judge_proxy, render_entry
 from .model import ENTRY, Probe, Stack, Workload
 from .resources import compose_keys, judge_docker
-from .verdict import Findings, Verdict, judge_supervision
+from .verdict import Findings, Verdict, judge_fixed_scale, judge_supervision
 
 FILE = "compose.yaml"
 # Docker's healthcheck start_period is Corral's start: failing probes then mean "starting".
@@ -144,7 +144,11 @@ def judge_containers(w: Workload, found: Findings, *, swarm: bool) -> None:
     spec, name = w.spec, w.name
     tool = "docker stack deploy" if swarm else "compose"
     found.mapped(name, "name", "service name")
-    found.mapped(name, "instances", f"replicas: {spec.instances}")
+    if spec.scale is None:
+        found.mapped(name, "instances", f"replicas: {spec.instances}")
+    else:
+        found.mapped(name, "instances", "see scale.min")
+    judge_fixed_scale(found, spec, "docker stack deploy" if swarm else "compose")
     if spec.auto_port:
         found.approximated(name, "port", f'"auto": every replica listens on {w.port} ($PORT)')
     else:

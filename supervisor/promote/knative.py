@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from config.model import IdleMode, ScaleSpec
+
 from .dockerfile import judge_image, render_image
 from .kubernetes import config_map, judge_probes, judge_proxy
 from .model import Stack, Workload
@@ -20,6 +22,8 @@ from .verdict import Findings, Verdict, judge_supervision
 
 DIR = "knative"
 MAX_TIMEOUT = 600  # Knative's default max-revision-timeout-seconds
+KPA = "autoscaling.knative.dev"
+MIN_WINDOW = 6  # seconds: Knative's shortest stable window
 
 
 def render(stack: Stack, found: Findings) -> dict[str, str]:
@@ -48,8 +52,8 @@ def render(stack: Stack, found: Findings) -> dict[str, str]:
 
 def service(stack: Stack, w: Workload) -> dict[str, Any]:
     """The Knative Service of `w`."""
-    scale = str(w.replicas)
-    spec: dict[str, Any] = {"containerConcurrency": 0}
+    scale = w.spec.scale
+    spec: dict[str, Any] = {"containerConcurrency": scale.concurrency if scale else 0}
     if stack.plan.proxy is not None:
         spec["timeoutSeconds"] = min(MAX_TIMEOUT, math.ceil(stack.plan.proxy.read_timeout))
     spec["containers"] = [container(stack, w, knative=True)]
@@ -61,10 +65,7 @@ def service(stack: Stack, w: Workload) -> dict[str, Any]:
             "template": {
                 "metadata": {
                     "labels": labels(stack, w.name),
-                    "annotations": {
-                        "autoscaling.knative.dev/min-scale": scale,
-                        "autoscaling.knative.dev/max-scale": scale,
-                    },
+                    "annotations": autoscaling(w),
                 },
                 "spec": spec,
             }
@@ -72,15 +73,104 @@ def service(stack: Stack, w: Workload) -> dict[str, Any]:
     }
 
 
+def autoscaling(w: Workload) -> dict[str, str]:
+    """The KPA annotations of `w`: Corral's `scale` knob for knob, or a fixed count."""
+    scale = w.spec.scale
+    if scale is None:
+        count = str(w.spec.instances)
+        return {f"{KPA}/min-scale": count, f"{KPA}/max-scale": count}
+    window = knative_window(scale)
+    annotations = {
+        f"{KPA}/min-scale": str(scale.min),
+        f"{KPA}/max-scale": str(scale.max),
+        f"{KPA}/target": f"{scale.target:g}",
+        # Knative aims at 70 % of the target by default; Corral's target is the aim itself.
+        f"{KPA}/target-utilization-percentage": "100",
+        f"{KPA}/window": f"{window}s",
+        f"{KPA}/panic-window-percentage": f"{panic_percentage(scale, window):g}",
+        f"{KPA}/panic-threshold-percentage": f"{scale.panic_threshold * 100:g}",
+    }
+    if scale.min == 0:
+        retention = math.ceil(scale.idle_timeout)
+        annotations[f"{KPA}/scale-to-zero-pod-retention-period"] = f"{retention}s"
+    return annotations
+
+
+def knative_window(scale: ScaleSpec) -> int:
+    """The stable window in whole seconds, within Knative's 6 s to 1 h."""
+    return min(3600, max(MIN_WINDOW, math.ceil(scale.window)))
+
+
+def panic_percentage(scale: ScaleSpec, window: int) -> float:
+    """The panic window as Knative writes it: a share of the stable window, 1 % to 100 %."""
+    return min(100.0, max(1.0, round(scale.panic_window / window * 100, 1)))
+
+
+def _judge_scale(w: Workload, found: Findings) -> None:
+    name, scale = w.name, w.spec.scale
+    if scale is None:
+        found.mapped(name, "scale", "not autoscaled: min-scale = max-scale = instances")
+        if w.spec.instances:
+            found.mapped(name, "instances", "min-scale = max-scale = instances (no autoscaling)")
+        else:
+            found.approximated(
+                name, "instances", "0: min-scale 0 scales to zero, and max-scale 0 means no limit"
+            )
+        return
+    found.mapped(name, "instances", "see scale.min")
+    found.mapped(name, "scale.min", f"{KPA}/min-scale")
+    found.mapped(name, "scale.max", f"{KPA}/max-scale")
+    found.mapped(name, "scale.target", f"{KPA}/target, target-utilization-percentage 100")
+    found.mapped(name, "scale.concurrency", "containerConcurrency")
+    window = knative_window(scale)
+    if window == scale.window:
+        found.mapped(name, "scale.window", f"{KPA}/window")
+    else:
+        found.approximated(
+            name, "scale.window", f"{KPA}/window {window}s: Knative's window is 6s to 1h"
+        )
+    percentage = panic_percentage(scale, window)
+    if math.isclose(percentage * window / 100, scale.panic_window, rel_tol=1e-3):
+        found.mapped(name, "scale.panic_window", f"{KPA}/panic-window-percentage {percentage:g}")
+    else:
+        found.approximated(
+            name,
+            "scale.panic_window",
+            f"{KPA}/panic-window-percentage {percentage:g} of {window}s (1 % to 100 % allowed)",
+        )
+    found.mapped(name, "scale.panic_threshold", f"{KPA}/panic-threshold-percentage")
+    if scale.min == 0:
+        found.approximated(
+            name,
+            "scale.idle_timeout",
+            f"{KPA}/scale-to-zero-pod-retention-period: Knative removes the last pod once a "
+            "whole stable window saw no request, and not before this",
+        )
+    else:
+        found.mapped(name, "scale.idle_timeout", f"unused: min-scale {scale.min}")
+    found.approximated(
+        name,
+        "scale.cold_start_timeout",
+        "Knative's activator holds a request until the revision's timeoutSeconds",
+    )
+    if scale.idle is IdleMode.FREEZE:
+        found.approximated(
+            name, "scale.idle", "Knative has no frozen pods: the last one is removed (cold start)"
+        )
+    else:
+        found.mapped(
+            name, "scale.idle", "scale to zero" if scale.min == 0 else "unused: min-scale > 0"
+        )
+    if scale.cold_start_header:
+        found.dropped(name, "scale.cold_start_header", "Knative adds no cold-start header")
+    else:
+        found.mapped(name, "scale.cold_start_header", "off")
+
+
 def _judge(stack: Stack, w: Workload, found: Findings) -> None:
     spec, name = w.spec, w.name
     found.mapped(name, "name", f"Knative Service {k8s_name(name)}")
-    if w.replicas:
-        found.mapped(name, "instances", "min-scale = max-scale = instances (no autoscaling)")
-    else:
-        found.approximated(
-            name, "instances", "0: min-scale 0 scales to zero, and max-scale 0 means no limit"
-        )
+    _judge_scale(w, found)
     found.mapped(name, "port", f"containerPort {w.port} (Knative sets PORT to it)")
     found.mapped(name, "auto_port", "see port")
     found.mapped(name, "env", "env" if w.env else "none")

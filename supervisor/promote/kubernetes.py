@@ -18,7 +18,7 @@ from .dockerfile import UID, judge_image, render_image
 from .model import Stack, Workload
 from .pods import WAITER, container, init_containers, job_dependencies, k8s_name, labels, seconds
 from .resources import judge_k8s, k8s_ids
-from .verdict import Findings, Verdict, judge_supervision
+from .verdict import Findings, Verdict, judge_fixed_scale, judge_supervision
 
 DIR = "k8s"
 
@@ -233,7 +233,12 @@ def judge_probes(w: Workload, found: Findings, *, startup: bool) -> None:
 def _judge(stack: Stack, w: Workload, found: Findings) -> None:
     spec, name = w.spec, w.name
     found.mapped(name, "name", f"object name {k8s_name(name)}")
-    found.mapped(name, "instances", "Job completions" if w.oneshot else "replicas")
+    found.mapped(
+        name,
+        "instances",
+        "Job completions" if w.oneshot else "see scale.min" if spec.scale else "replicas",
+    )
+    judge_fixed_scale(found, spec, "a Deployment")
     if spec.auto_port:
         found.approximated(name, "port", f'"auto": containerPort {w.port} ($PORT)')
     else:

@@ -29,6 +29,7 @@ from config.model import (
 )
 
 from .errors import PromoteError
+from .verdict import fixed_count
 
 DEFAULT_PORT = 8000  # a service with port = "auto" listens here inside its container
 ENTRY = "corral-proxy"  # the entry proxy's service name in compose, swarm and k8s
@@ -89,7 +90,8 @@ class Workload:
 
     @property
     def replicas(self) -> int:
-        return self.spec.instances
+        """The count on a target that runs a fixed one (Knative and Lambda read `scale`)."""
+        return fixed_count(self.spec)
 
     @property
     def oneshot(self) -> bool:

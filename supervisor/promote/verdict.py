@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from config.model import ProxySpec, Roll, ServiceSpec
+from config.model import ProxySpec, Roll, ScaleSpec, ServiceSpec
 
 PROXY = "[proxy]"  # the "service" name proxy settings are recorded under
 UNJUDGED = "Corral has no translation of this setting for this target yet"
@@ -161,6 +161,33 @@ class Findings:
                 if f.verdict is not Verdict.MAPPED
             ]
         return "\n".join(lines)
+
+
+# `scale.min`, `scale.max`, then the autoscaler's own settings.
+SCALE_FIELDS = tuple(f"scale.{f.name}" for f in dataclasses.fields(ScaleSpec))
+
+
+def fixed_count(spec: ServiceSpec) -> int:
+    """The replicas of a service on a target that cannot autoscale it: scale.min, at least 1
+    (at zero nothing would answer, and nothing there starts one on a request)."""
+    return max(spec.scale.min, 1) if spec.scale is not None else spec.instances
+
+
+def judge_fixed_scale(found: Findings, spec: ServiceSpec, who: str) -> None:
+    """`scale` on a target without request-driven autoscaling: a fixed count of replicas."""
+    if spec.scale is None:
+        found.mapped(spec.name, "scale", "not autoscaled")
+        return
+    count = f"{fixed_count(spec)} replicas, fixed: {who} does not scale by requests"
+    for field in SCALE_FIELDS[:2]:
+        found.approximated(spec.name, field, f"{count} (the knative target does)")
+    for field in SCALE_FIELDS[2:]:
+        found.dropped(
+            spec.name,
+            field,
+            f"{who} has no request-driven autoscaling: use the knative target, or KEDA's "
+            "HTTP add-on on Kubernetes",
+        )
 
 
 # Supervision settings of Corral's own (start-up, crash loops, how a roll goes) that every

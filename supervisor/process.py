@@ -29,6 +29,28 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 # Loaded in the parent: the child runs between fork and exec, where loading a library could deadlock.
 _libc = ctypes.CDLL(None, use_errno=True)
+_CLOSE_RANGE_CLOEXEC = 4  # linux/close_range.h
+_close_range = getattr(_libc, "close_range", None)  # glibc 2.34+
+if _close_range is not None:
+    _close_range.argtypes = (ctypes.c_uint, ctypes.c_uint, ctypes.c_int)
+
+
+def _inherit_only_stdio() -> None:
+    """In the child before exec: every descriptor above stderr closes at exec.
+
+    uvloop (libuv) does not close the parent's inheritable descriptors as the stdlib's
+    close_fds does, so an instance got whatever the daemon had inherited (say, a pipe of the
+    shell that started `corral daemon`, held open as long as the instance lives) and libuv's
+    spare copies of its own stdout and stderr. Marking them close-on-exec, not closing them, keeps libuv's
+    exec-error pipe working.
+    """
+    if _close_range is not None and _close_range(3, 0xFFFFFFFF, _CLOSE_RANGE_CLOEXEC) == 0:
+        return
+    for name in os.listdir("/proc/self/fd"):  # kernels before 5.11
+        fd = int(name)
+        if fd > 2:
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
 
 # What a child may inherit from the daemon's environment; everything else comes from the config.
 ENV_ALLOW = (
@@ -75,6 +97,7 @@ def _make_preexec(
     uid, gid = (run_as.uid, run_as.gid) if run_as is not None else (-1, -1)
 
     def preexec() -> None:
+        _inherit_only_stdio()
         # Into the instance's cgroup before exec, so that nothing it starts can be outside it.
         # If that fails the parent adopts it right after (Scope.adopt): a narrower race.
         if cgroup_procs is not None:

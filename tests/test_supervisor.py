@@ -279,3 +279,48 @@ restart = "{restart}"
     async with running_daemon(path) as daemon:
         await wait_until(lambda: state_of(daemon, "once.1") == "stopped")
         assert rows_of(daemon, "once")[0]["restarts"] == 0
+
+
+def test_instances_inherit_only_stdio_from_a_daemon_run_on_uvloop(tmp_path: Path) -> None:
+    # `corral daemon` runs on uvloop, whose subprocesses keep every inheritable descriptor of
+    # the parent: here a pipe the daemon was started with, as a shell's would be.
+    out = tmp_path / "fds.json"
+    code = (
+        "import json, os; fds = []\\n"
+        "for name in os.listdir('/proc/self/fd'):\\n"
+        "    try: fds.append([int(name), os.readlink('/proc/self/fd/' + name)])\\n"
+        "    except OSError: pass\\n"
+        f"json.dump(sorted(fds), open('{out}.tmp', 'w')); os.rename('{out}.tmp', '{out}')"
+    )
+    path = write_config(
+        tmp_path,
+        f"""
+[services.fds]
+command = ["{PY}", "-c", "{code}"]
+venv = false
+oneshot = true
+""",
+    )
+    import json
+    import subprocess
+    import sys
+
+    from .test_cli import wait_for
+
+    keep_r, keep_w = os.pipe()
+    os.set_inheritable(keep_r, True)
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "daemon", "-f", str(path)],
+        pass_fds=(keep_r,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(out.exists, timeout=30, what="the instance to list its descriptors")
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        os.close(keep_r)
+        os.close(keep_w)
+    fds = json.loads(out.read_text())
+    assert [fd for fd, _ in fds] == [0, 1, 2], fds

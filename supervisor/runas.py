@@ -147,9 +147,12 @@ def chown_tree(root: Path, who: RunAs) -> None:
             return  # done by an earlier start: a venv is only ever owned by one user
     except FileNotFoundError:
         return
-    for directory, dirs, files in os.walk(root):
+    # The tree may belong to the user of a previous setting whose instances still run: walked
+    # by path, a directory they swap for a symlink mid-walk would get root to chown whatever
+    # it points to. fwalk goes by directory descriptors and never follows a symlink.
+    for _, dirs, files, dir_fd in os.fwalk(root, follow_symlinks=False):
         for name in (*dirs, *files):
             with contextlib.suppress(FileNotFoundError):
-                os.chown(os.path.join(directory, name), who.uid, who.gid, follow_symlinks=False)
+                os.chown(name, who.uid, who.gid, dir_fd=dir_fd, follow_symlinks=False)
     os.chown(root, who.uid, who.gid, follow_symlinks=False)
     log.info("%s: now owned by %s", root, who.describe())

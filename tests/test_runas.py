@@ -278,3 +278,25 @@ min_uptime = "100ms"
         assert rows_of(daemon, "api")[0]["detail"] == (
             'services.api.user: no user "corral-no-such-user" on this machine'
         )
+
+
+def test_chown_tree_changes_links_never_what_they_point_to(tmp_path: Path) -> None:
+    require_root()
+    from supervisor.runas import chown_tree
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "secret"
+    target.write_text("root's")
+    venv = tmp_path / "venv"
+    (venv / "lib" / "deep").mkdir(parents=True)
+    (venv / "lib" / "deep" / "module.py").write_text("")
+    (venv / "link-to-file").symlink_to(target)
+    (venv / "link-to-dir").symlink_to(outside)
+    who = _nobody()
+    chown_tree(venv, who)
+    for path in (venv, venv / "lib", venv / "lib" / "deep", venv / "lib" / "deep" / "module.py"):
+        assert path.lstat().st_uid == who.uid, path
+    for link in (venv / "link-to-file", venv / "link-to-dir"):
+        assert link.lstat().st_uid == who.uid, link
+    assert target.stat().st_uid == 0 and outside.stat().st_uid == 0

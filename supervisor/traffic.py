@@ -149,8 +149,8 @@ class Traffic:
         else:
             alive.add(inst.key)
         pool = self.pools.get(inst.spec.name)
-        if pool is None or inst.port is None:
-            return
+        if pool is None or inst.port is None or self.server is None:
+            return  # no proxy (any more: at shutdown it stops before the instances)
         if inst.spec.name in self._autoscaled:
             # At zero the autoscaler starts one on demand: its pool holds, unless the service
             # was stopped by an order (set_holding); one starting (`corral start`) is awaited.

@@ -131,6 +131,20 @@ def test_lambda_concurrency_follows_the_instances_requests(tmp_path: Path) -> No
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
+def test_lambda_reserves_no_more_than_a_default_account_allows(tmp_path: Path) -> None:
+    # The defaults (max 10, target 100) would want 1000; a default account's regional limit is
+    # 1000 with 100 kept unreserved, so more than 900 is refused at deploy.
+    path = _project(tmp_path, "{ min = 9, max = 10, target = 100 }")
+    result = promoted(path, "lambda", tmp_path / "out")
+    fn = _yaml(tmp_path / "out" / "lambda" / "template.yaml")["Resources"]["Fn"]["Properties"]
+    assert fn["ReservedConcurrentExecutions"] == 900
+    # Provisioning past the reservation is refused too: min 9 x 100 is kept within it.
+    assert fn["ProvisionedConcurrencyConfig"] == {"ProvisionedConcurrentExecutions": 900}
+    high = result.findings.get("fn", "scale.max")
+    assert high is not None and high.verdict is Verdict.APPROXIMATED
+    assert "900, not max x 100" in high.note and "= 1000" in high.note
+
+
 @pytest.mark.parametrize("target", ["compose", "swarm", "k8s"])
 def test_fixed_count_targets_run_min_and_say_what_is_lost(tmp_path: Path, target: str) -> None:
     out = tmp_path / "out"

@@ -130,7 +130,12 @@ def requests_per_instance(scale: ScaleSpec) -> int:
     return scale.concurrency or math.ceil(scale.target)
 
 
-def reserved_concurrency(spec: ServiceSpec) -> int:
+# AWS's default regional concurrency is 1000, of which 100 must stay unreserved: a function
+# reserving more is refused at deploy on an account whose quota was not raised.
+RESERVABLE = 900
+
+
+def wanted_concurrency(spec: ServiceSpec) -> int:
     """The function's most requests at once: every instance Corral may run, each as busy as
     it may get (one environment per request)."""
     if spec.scale is None:
@@ -138,36 +143,54 @@ def reserved_concurrency(spec: ServiceSpec) -> int:
     return spec.scale.max * requests_per_instance(spec.scale)
 
 
+def reserved_concurrency(spec: ServiceSpec) -> int:
+    """ReservedConcurrentExecutions: what the service wants, within what a default account
+    lets one function reserve."""
+    return min(wanted_concurrency(spec), RESERVABLE)
+
+
 def provisioned_concurrency(spec: ServiceSpec) -> int:
     """Environments kept initialised: what `scale.min` keeps running (0: none)."""
     if spec.scale is None:
         return 0
-    return spec.scale.min * requests_per_instance(spec.scale)
+    # Never more than is reserved: Lambda refuses provisioning past the reservation.
+    return min(spec.scale.min * requests_per_instance(spec.scale), reserved_concurrency(spec))
 
 
 def _judge_scale(w: Workload, found: Findings) -> None:
     name, scale = w.name, w.spec.scale
     if scale is None:
         found.mapped(name, "scale", "not autoscaled")
+        capped = f" ({RESERVABLE}: what a default AWS account may reserve)"
         found.approximated(
-            name, "instances", "ReservedConcurrentExecutions: at most that many requests at once"
+            name,
+            "instances",
+            "ReservedConcurrentExecutions: at most that many requests at once"
+            + (capped if w.spec.instances > RESERVABLE else ""),
         )
         return
     found.mapped(name, "instances", "see scale.min")
     per = requests_per_instance(scale)
-    if scale.concurrency == 1:
-        found.mapped(name, "scale.max", "ReservedConcurrentExecutions")
-        found.mapped(
-            name, "scale.min", "ProvisionedConcurrentExecutions" if scale.min else "no provisioning"
-        )
-    else:
-        times = f"x {per} (requests per instance: one per execution environment)"
-        found.approximated(name, "scale.max", f"ReservedConcurrentExecutions: max {times}")
+    wanted = wanted_concurrency(w.spec)
+    times = f"x {per} (requests per instance: one per execution environment)"
+    if wanted > RESERVABLE:
         found.approximated(
             name,
-            "scale.min",
-            f"ProvisionedConcurrentExecutions: min {times}" if scale.min else "no provisioning",
+            "scale.max",
+            f"ReservedConcurrentExecutions: {RESERVABLE}, not max {times} = {wanted}: a default "
+            f"AWS account may reserve at most {RESERVABLE} of its 1000 (raise the quota, then "
+            "the template's value)",
         )
+    elif scale.concurrency == 1:
+        found.mapped(name, "scale.max", "ReservedConcurrentExecutions")
+    else:
+        found.approximated(name, "scale.max", f"ReservedConcurrentExecutions: max {times}")
+    if not scale.min:
+        found.mapped(name, "scale.min", "no provisioning")
+    elif scale.concurrency == 1:
+        found.mapped(name, "scale.min", "ProvisionedConcurrentExecutions")
+    else:
+        found.approximated(name, "scale.min", f"ProvisionedConcurrentExecutions: min {times}")
     found.approximated(
         name, "scale.target", "Lambda gives each in-flight request an execution environment"
     )

@@ -185,12 +185,13 @@ def _pid_alive(pid: int) -> bool:
 def cmd_systemd_unit(args: argparse.Namespace) -> int:
     from . import unit
 
-    files = unit.units(load_plan(args), user=args.user, socket=args.socket_unit)
+    plan = load_plan(args)
+    files = unit.units(plan, user=args.user, socket=args.socket_unit)
     if not (args.install or args.output):
         print("\n".join(f.text for f in files), end="")
         return 0
     directory = Path(args.output) if args.output else unit.unit_dir(args.user)
-    commands = unit.install(files, directory, args.user)
+    commands = unit.install(files, directory, args.user, config_path=plan.path, force=args.force)
     for f in files:
         print(f"wrote {directory / f.name}")
     if args.install:
@@ -418,6 +419,9 @@ def parser() -> argparse.ArgumentParser:
         "--install", action="store_true", help="write it where systemd looks; print what to run"
     )
     where.add_argument("-o", "--output", metavar="DIR", help="write the unit files into DIR")
+    unit.add_argument(
+        "--force", action="store_true", help="replace a unit file written for another config"
+    )
     proxy = add("proxy", cmd_proxy, "run only the load balancer (fixed or DNS-found backends)")
     proxy.add_argument("--listen", action="append", default=[], metavar="HOST:PORT")
     proxy.add_argument("--backend", action="append", default=[], metavar="HOST:PORT")

@@ -68,14 +68,22 @@ async def watchdog(interval: float) -> None:
 class Notifier:
     """What systemd is told, and when; one task (`run`) sends it, hooks only flag changes."""
 
-    def __init__(self, summary: Callable[[], str], converged: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        summary: Callable[[], str],
+        converged: Callable[[], bool],
+        *,
+        extend_every: float = _EXTEND_EVERY,
+    ) -> None:
         self._summary = summary
         self._converged = converged
+        self._extend_every = extend_every
+        self._poll = min(_STARTING_POLL, extend_every)
         self.ready = False  # READY=1 was sent for the initial start
         self._changed = asyncio.Event()
         self._sent = ""
         self._prefix = "starting: "
-        self._extended = -_EXTEND_EVERY
+        self._extended = -extend_every
 
     def changed(self) -> None:
         """Something the summary shows changed (called from the daemon's hooks; cheap)."""
@@ -91,7 +99,7 @@ class Notifier:
             if not self.ready:
                 self._check_ready()
             self._send_status()
-            wait = _STARTING_POLL if not self.ready else None
+            wait = self._poll if not self.ready else None
             try:
                 async with asyncio.timeout(wait):
                     await self._changed.wait()
@@ -107,7 +115,7 @@ class Notifier:
             log.info("start-up converged: %s", self._sent)
             return
         now = time.monotonic()
-        if now - self._extended >= _EXTEND_EVERY:
+        if now - self._extended >= self._extend_every:
             self._extended = now
             notify(f"EXTEND_TIMEOUT_USEC={int(_EXTEND_BY * 1e6)}")
 

@@ -94,7 +94,7 @@ def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
         raise top.expected(
             "project",
             f"a name of letters, digits, spaces and {PROJECT_PUNCTUATION} (starting with a "
-            f"letter or digit, at most {MAX_PROJECT} characters), got {project!r}",
+            f"letter or digit, at most {MAX_PROJECT} characters)",
         )
     if not project:
         raise top.expected("project", "a non-empty name")

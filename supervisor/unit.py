@@ -2,20 +2,27 @@
 
 Pure text from a plan; `install` writes it where systemd looks, as `pm2 startup` does, and
 says which systemctl commands come next. The service is Type=notify (READY=1 once the start
-has converged), reloads on SIGHUP, lets the daemon stop its instances itself (KillMode=mixed:
-SIGTERM to the daemon alone, SIGKILL to what is left after TimeoutStopSec) and gets the
-directories systemd makes for it: RuntimeDirectory (the control socket), StateDirectory
-(venvs, state) and LogsDirectory; the daemon uses them when CORRAL_UNIT is set
-(config/daemon.py). Delegate=yes hands it a cgroup of its own, for per-instance cgroups and
-their caps (supervisor/cgroup.py).
+has converged; until then the daemon extends TimeoutStartSec= itself), reloads on SIGHUP,
+lets the daemon stop its instances itself (KillMode=mixed: SIGTERM to the daemon alone,
+SIGKILL to what is left after TimeoutStopSec) and gets the directories systemd makes for it:
+RuntimeDirectory (the control socket), StateDirectory (venvs, state), LogsDirectory and
+CacheDirectory (uv's and pip's caches: a system unit has no $HOME); the daemon uses them when
+CORRAL_UNIT is set (config/daemon.py). Delegate=yes hands it a cgroup of its own, for
+per-instance cgroups and their caps (supervisor/cgroup.py).
+
+One unit per config: its name has the config file's stem unless it is corral.toml, and
+X-Corral-Config= names the config it serves, so that the CLI uses its socket for that config
+only and `install` does not silently replace another config's unit. Every value written has
+`%` doubled and no control characters (a newline would start a directive of its own).
 
 Hardening: a system unit runs as root (so that services may set `user`, and hard rlimits may
 be raised) behind NoNewPrivileges, ProtectSystem=strict (with ReadWritePaths for the project
-and any daemon directory outside systemd's own), PrivateTmp and ProtectHome (read-only when
-the project or the interpreter lives under a home directory: hiding it would hide them). A
-user unit gets NoNewPrivileges only: the namespace-based settings need unprivileged user
-namespaces in a user manager, which many hosts do not allow, and a project in $HOME is the
-point of a user unit.
+and any daemon directory outside systemd's own), PrivateTmp and ProtectHome, both decided from
+every path the daemon needs (a private /tmp would hide a socket or state there; a hidden home
+would hide an interpreter or logs in it, so it is made read-only instead). A user unit gets
+NoNewPrivileges only: the namespace-based settings need unprivileged user namespaces in a user
+manager, which many hosts do not allow, and a project in $HOME is the point of a user unit.
+The socket unit is not PartOf= the service: a service restart must not close the listener.
 """
 
 from __future__ import annotations

@@ -266,3 +266,18 @@ def test_corral_itself_under_tmp_gets_no_private_tmp(tmp_path: Path) -> None:
     service = tmp_path / "corral-shop-stack.service"
     service.write_text(inside)
     assert verify(analyze, [service], user=False, runtime=tmp_path) == ""
+
+
+def test_a_user_unit_for_services_with_a_user_is_refused_when_not_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(tmp_path, STACK + 'user = "nobody"\n')
+    plan = config.load(path)
+    assert unit.units(plan, user=False, socket=False)  # the system unit runs as root
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # (a user manager that is not root's)
+    with pytest.raises(unit.SupervisorError) as info:
+        unit.units(plan, user=True, socket=False)
+    assert str(info.value) == (
+        f"{path}: services.api.user: a user unit runs as you, not root, so it cannot run a "
+        "service as another user; use the system unit (without --user) or remove user/group"
+    )

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import config
 
@@ -18,6 +18,9 @@ from .launch import cmd_daemon, cmd_up, setup_logging
 from .locate import client_for, load_plan
 from .logformat import FORMATS
 from .output import LogPrinter, print_json, ps_table, scale_lines, status_text
+
+if TYPE_CHECKING:
+    from config.model import Plan
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -207,7 +210,33 @@ def cmd_check(args: argparse.Namespace) -> int:
         print_json(config.plan_to_json(plan))
     else:
         print(config.render(plan))
+    for warning in _unknown_identities(plan):
+        print(f"corral: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _unknown_identities(plan: Plan) -> list[str]:
+    """`user` / `group` names this host does not know: the config may be meant for another
+    host (so not an error), but a daemon here would fail those services."""
+    import grp
+    import pwd
+
+    found = []
+    for service in plan.services.values():
+        for key, name, lookup in (
+            ("user", service.user, pwd.getpwnam),
+            ("group", service.group, grp.getgrnam),
+        ):
+            if name is None or name.isdigit():
+                continue
+            try:
+                lookup(name)
+            except KeyError:
+                found.append(
+                    f"{plan.path}: services.{service.name}.{key}: no {key} {name!r} on this "
+                    "host; a daemon here would fail this service"
+                )
+    return found
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:

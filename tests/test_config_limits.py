@@ -220,3 +220,31 @@ def test_the_cli_finds_the_socket_of_the_unit_that_serves_this_config(
         assert socket_of(mine / "corral.toml") == mine / ".corral" / "corral.sock"
     finally:
         listener.close()
+
+
+def test_check_warns_of_users_and_groups_this_host_does_not_know(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "corral.toml"
+    path.write_text(SERVICE + 'user = "no-such-user-x"\ngroup = "no-such-group-x"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor", "check", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr  # the config may be meant for another host
+    assert done.stderr.splitlines() == [
+        f"corral: warning: {path}: services.api.{key}: no {key} 'no-such-{key}-x' on this "
+        "host; a daemon here would fail this service"
+        for key in ("user", "group")
+    ]
+    path.write_text(SERVICE + 'user = "nobody"\ngroup = "0"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "supervisor", "check", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr

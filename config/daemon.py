@@ -179,6 +179,7 @@ SYSTEM_UNIT_DIRS = tuple(
     )
 )
 CONFIG_KEY = "X-Corral-Config"  # systemd ignores X- keys: ours, naming the config a unit serves
+_WRITTEN_FOR = re.compile(r"# \S+: written by `corral systemd-unit(?: --socket)?` for (.+)")
 
 
 def user_unit_dirs(environ: Mapping[str, str]) -> tuple[Path, ...]:
@@ -200,11 +201,15 @@ def unit_config(unit_file: Path) -> Path | None:
         text = unit_file.read_text(errors="replace")
     except OSError:
         return None
+    header = None
     for line in text.splitlines():
         key, sep, value = line.partition("=")
         if sep and key.strip() == CONFIG_KEY:
             return Path(value.strip())
-    return None
+        if header is None and (match := _WRITTEN_FOR.fullmatch(line)):
+            header = match.group(1)
+    # Units written before X-Corral-Config= existed name their config in the first line only.
+    return Path(header) if header else None
 
 
 def _explicit(table: Table, name: str) -> str:

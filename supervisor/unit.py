@@ -283,6 +283,8 @@ def _needed(plan: Plan, seen: DaemonSpec, program: list[str]) -> list[Path]:
     places = [Path(sys.executable), Path(program[0]), plan.path.parent]
     for service in plan.services.values():
         places.append(service.cwd)
+        if os.path.isabs(service.command[0]):  # (a bare name is found on PATH, or in the venv)
+            places.append(Path(service.command[0]))
         if service.venv and (python := shutil.which(service.python)):
             places.append(Path(python))
     places += [seen.state_dir, seen.logs_dir, seen.socket.parent]

@@ -152,3 +152,24 @@ def test_another_checkout_runs_beside_a_unit_daemon_of_the_same_project(tmp_path
             if daemon.poll() is None:
                 daemon.kill()
                 daemon.wait()
+
+
+def test_a_unit_written_before_x_corral_config_is_still_recognised(tmp_path: Path) -> None:
+    """Units from the first version name their config only in their first line."""
+    out = tmp_path / "units"
+    path = write_config(tmp_path / "shop", 'project = "shop"\n' + SERVICE)
+    assert corral("systemd-unit", "-f", str(path), "-o", str(out)).returncode == 0
+    service = out / "corral-shop.service"
+    old = "\n".join(
+        line for line in service.read_text().splitlines() if not line.startswith("X-Corral-Config=")
+    )
+    service.write_text(old + "\n")
+    assert unit_config(service) == path
+    done = corral("systemd-unit", "-f", str(path), "-o", str(out))  # updated, no --force
+    assert done.returncode == 0, done.stderr
+    assert f"X-Corral-Config={path}" in service.read_text().splitlines()
+    socket = out / "corral-shop.socket"
+    socket.write_text(
+        f"# corral-shop.socket: written by `corral systemd-unit --socket` for {path}\n"
+    )
+    assert unit_config(socket) == path

@@ -4,6 +4,8 @@ corral.toml: what they resolve to, how `corral check` shows them, and every way 
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -222,18 +224,19 @@ def test_the_cli_finds_the_socket_of_the_unit_that_serves_this_config(
         listener.close()
 
 
-def test_check_warns_of_users_and_groups_this_host_does_not_know(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    path = tmp_path / "corral.toml"
-    path.write_text(SERVICE + 'user = "no-such-user-x"\ngroup = "no-such-group-x"\n')
-    done = subprocess.run(
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "supervisor", "check", "-f", str(path)],
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_check_warns_of_users_and_groups_this_host_does_not_know(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(SERVICE + 'user = "no-such-user-x"\ngroup = "no-such-group-x"\n')
+    done = _check(path)
     assert done.returncode == 0, done.stderr  # the config may be meant for another host
     assert done.stderr.splitlines() == [
         f"corral: warning: {path}: services.api.{key}: no {key} 'no-such-{key}-x' on this "
@@ -241,10 +244,5 @@ def test_check_warns_of_users_and_groups_this_host_does_not_know(tmp_path: Path)
         for key in ("user", "group")
     ]
     path.write_text(SERVICE + 'user = "nobody"\ngroup = "0"\n')
-    done = subprocess.run(
-        [sys.executable, "-m", "supervisor", "check", "-f", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = _check(path)
     assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from supervisor.venv import MARKER
 
 from .capabilities import require_root, require_tool
 from .conftest import write_config
+from .test_socket_activation import _stop
 
 HOMES = [h for h in ("/root", "/home") if os.path.isdir(h)]
 
@@ -90,11 +90,5 @@ def test_a_venv_builds_under_the_system_units_sandbox(
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        _stop(proc)
     assert proc.returncode == 0, log.read_text()

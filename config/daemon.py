@@ -4,10 +4,11 @@ State is per config file, so that two configs in one directory never share a dae
 `corral.toml` keeps the short `.corral/`, any other file `x.toml` gets `.corral/configs/x.toml/`.
 
 Under the unit `corral systemd-unit` writes (which sets CORRAL_UNIT), the defaults are the
-directories systemd made for it instead: $STATE_DIRECTORY (state, venvs), $LOGS_DIRECTORY and
-$RUNTIME_DIRECTORY (the socket). Explicit [daemon] keys win either way. The CLI, which does
-not run in the unit's environment, finds such a daemon's socket where RuntimeDirectory= puts
-it (`unit_socket`), so `corral ps` in the project directory talks to the unit.
+directories systemd made for it instead: $STATE_DIRECTORY (state, venvs), $LOGS_DIRECTORY,
+$RUNTIME_DIRECTORY (the socket) and $CACHE_DIRECTORY (uv's and pip's caches). Explicit
+[daemon] keys win either way. The CLI, which does not run in the unit's environment, finds
+such a daemon's socket where RuntimeDirectory= puts it (`unit_socket`), so `corral ps` in the
+project directory talks to the unit, but only if the installed unit serves that very config.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import os
 import re
 import stat
 import tomllib
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -72,13 +74,19 @@ def read_daemon(
     elif "runtime" in unit:
         socket = Path(unit["runtime"]) / "corral.sock"
     else:
-        socket = unit_socket(project, environ) or default_socket(state_dir, config_path, environ)
+        socket = unit_socket(project, config_path, environ) or default_socket(
+            state_dir, config_path, environ
+        )
     logs_dir = table.filepath("logs_dir", unit.get("logs") or str(state_dir / "logs"), root)
     size = table.size("log_max_size", 10 * 1024 * 1024)
     if not 0 < size <= MAX_LOG_SIZE:
         raise table.expected("log_max_size", 'a size > 0 and at most "1TB", like "10MB"')
+    # A system unit has no $HOME: uv and pip would cache in /root/.cache, which ProtectHome=
+    # makes read-only. Outside a unit they keep the user's own cache.
+    cache_dir = Path(unit.get("cache") or state_dir / "cache") if unit else None
     return DaemonSpec(
         state_dir=state_dir,
+        cache_dir=cache_dir,
         socket=socket,
         logs_dir=logs_dir,
         log_max_bytes=size,
@@ -88,45 +96,120 @@ def read_daemon(
 
 
 def unit_directories(environ: Mapping[str, str]) -> dict[str, str]:
-    """{"state", "logs", "runtime"}: the directories systemd made for our unit, if we run in it.
+    """{"state", "logs", "runtime", "cache"}: the directories systemd made for our unit, if we run in it.
 
     Only with CORRAL_UNIT set: a daemon started from a shell inside some other unit inherits
     that unit's $STATE_DIRECTORY, which is not ours."""
     if not environ.get(UNIT_ENV):
         return {}
     found = {}
-    for key, name in (("state", "STATE_DIRECTORY"), ("logs", "LOGS_DIRECTORY")):
+    for key, name in (
+        ("state", "STATE_DIRECTORY"),
+        ("logs", "LOGS_DIRECTORY"),
+        ("runtime", "RUNTIME_DIRECTORY"),
+        ("cache", "CACHE_DIRECTORY"),
+    ):
         if value := environ.get(name, "").split(":")[0]:
             found[key] = value
-    if value := environ.get("RUNTIME_DIRECTORY", "").split(":")[0]:
-        found["runtime"] = value
     return found
 
 
-def unit_name(project: str) -> str:
-    """The systemd unit of a project, without ".service": "corral-shop"."""
-    return "corral-" + (_UNIT_NAME.sub("-", project.lower()).strip("-") or "project")
+def unit_name(project: str, config_path: Path | None = None) -> str:
+    """The systemd unit of a config, without ".service": "corral-shop" for corral.toml,
+    "corral-shop-staging" for staging.toml (two configs of a project are two units)."""
+    name = _slug(project)
+    if config_path is not None and config_path.name != DEFAULT_CONFIG:
+        name += "-" + _slug(config_path.stem)
+    return "corral-" + name
 
 
-def runtime_subdir(project: str) -> str:
-    """RuntimeDirectory= (and StateDirectory=, LogsDirectory=) of a project's unit: "corral/shop"."""
-    return "corral/" + unit_name(project).removeprefix("corral-")
+def _slug(text: str) -> str:
+    """`text` as a unit name part: "Shop Stack" → "shop-stack", "Café" → "cafe", and a short
+    digest for what has no ASCII spelling ("商店" → "p-1d5ea4c2"), so no two names collide."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    slug = _UNIT_NAME.sub("-", decomposed.encode("ascii", "ignore").decode().lower()).strip("-")
+    if slug and not any(ord(c) > 127 and not unicodedata.combining(c) for c in decomposed):
+        return slug
+    digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+    return f"{slug or 'p'}-{digest}"
 
 
-def unit_socket(project: str, environ: Mapping[str, str]) -> Path | None:
-    """The socket of this project's systemd unit (system or user), if one is running."""
+def runtime_subdir(project: str, config_path: Path | None = None) -> str:
+    """RuntimeDirectory= (and State-, Logs-, CacheDirectory=) of a config's unit: "corral/shop"."""
+    return "corral/" + unit_name(project, config_path).removeprefix("corral-")
+
+
+def unit_socket(project: str, config_path: Path, environ: Mapping[str, str]) -> Path | None:
+    """The socket of the systemd unit (system or user) that serves `config_path`, if one runs.
+
+    Only that unit's: another checkout of a project with the same name (same unit name, same
+    /run/corral/<name>) is not this config's daemon. The unit file says which config it
+    serves (`X-Corral-Config=`, written by `corral systemd-unit`)."""
     if not project:
         return None
-    bases = [Path("/run")] if os.geteuid() == 0 else []
-    bases.append(Path(environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"))
-    for base in bases:
-        candidate = base / runtime_subdir(project) / "corral.sock"
+    name = unit_name(project, config_path)
+    places = [(Path("/run"), SYSTEM_UNIT_DIRS)] if os.geteuid() == 0 else []
+    places.append(
+        (
+            Path(environ.get("XDG_RUNTIME_DIR") or f"/run/user/{os.geteuid()}"),
+            user_unit_dirs(environ),
+        )
+    )
+    for base, unit_dirs in places:
+        candidate = base / runtime_subdir(project, config_path) / "corral.sock"
         try:
-            if stat.S_ISSOCK(candidate.lstat().st_mode):
-                return candidate
+            if not stat.S_ISSOCK(candidate.lstat().st_mode):
+                continue
         except OSError:
             continue
+        if any(unit_config(d / f"{name}.service") == config_path for d in unit_dirs):
+            return candidate
     return None
+
+
+# Where systemd looks for units, in its order (systemd.unit(5)), less the generated ones.
+SYSTEM_UNIT_DIRS = tuple(
+    Path(p)
+    for p in (
+        "/etc/systemd/system",
+        "/run/systemd/system",
+        "/usr/local/lib/systemd/system",
+        "/usr/lib/systemd/system",
+        "/lib/systemd/system",
+    )
+)
+CONFIG_KEY = "X-Corral-Config"  # systemd ignores X- keys: ours, naming the config a unit serves
+_WRITTEN_FOR = re.compile(r"# \S+: written by `corral systemd-unit(?: --socket)?` for (.+)")
+
+
+def user_unit_dirs(environ: Mapping[str, str]) -> tuple[Path, ...]:
+    """The user manager's unit directories, $XDG_CONFIG_HOME/systemd/user first."""
+    home = Path(environ.get("HOME") or os.path.expanduser("~"))
+    config_home = Path(environ.get("XDG_CONFIG_HOME") or home / ".config")
+    data_home = Path(environ.get("XDG_DATA_HOME") or home / ".local" / "share")
+    return (
+        config_home / "systemd" / "user",
+        Path("/etc/systemd/user"),
+        data_home / "systemd" / "user",
+        Path("/usr/lib/systemd/user"),
+    )
+
+
+def unit_config(unit_file: Path) -> Path | None:
+    """The config a unit file written by `corral systemd-unit` serves (None: not one of ours)."""
+    try:
+        text = unit_file.read_text(errors="replace")
+    except OSError:
+        return None
+    header = None
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == CONFIG_KEY:
+            return Path(value.strip())
+        if header is None and (match := _WRITTEN_FOR.fullmatch(line)):
+            header = match.group(1)
+    # Units written before X-Corral-Config= existed name their config in the first line only.
+    return Path(header) if header else None
 
 
 def _explicit(table: Table, name: str) -> str:
@@ -190,6 +273,6 @@ def socket_of(config_path: Path) -> Path:
     root = config_path.parent
     if isinstance(socket, str):
         return root / Path(socket).expanduser()
-    return unit_socket(project, os.environ) or default_socket(
+    return unit_socket(project, config_path, os.environ) or default_socket(
         root / Path(state_dir).expanduser(), config_path
     )

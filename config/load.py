@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,12 @@ from config.model import Plan, ProxySpec, Roll, RouteSpec, ServiceSpec
 from config.proxy import read_proxy
 from config.service import NAME, read_service
 from config.table import Table, show
+
+# The project names a systemd unit, its directories and a line of `corral status`: no control
+# characters, quotes, `%` or `/` (docker compose is stricter still: [a-z0-9_-]).
+MAX_PROJECT = 64
+PROJECT_PUNCTUATION = "._-+!"
+PROJECT_NAME = re.compile(rf"[^\W_][\w {re.escape(PROJECT_PUNCTUATION)}]{{0,{MAX_PROJECT - 1}}}")
 
 CONFIG_NAME = "corral.toml"
 MAX_DEPTH = 32
@@ -83,6 +90,12 @@ def _build(data: object, file: Path, environ: Mapping[str, str]) -> Plan:
     root = config_path.parent
     top = Table(data, "", file, ("project", "daemon", "proxy", "dashboard", "metrics", "services"))
     project = top.text("project", root.name or "corral")
+    if top.has("project") and not PROJECT_NAME.fullmatch(project):
+        raise top.expected(
+            "project",
+            f"a name of letters, digits, spaces and {PROJECT_PUNCTUATION} (starting with a "
+            f"letter or digit, at most {MAX_PROJECT} characters)",
+        )
     if not project:
         raise top.expected("project", "a non-empty name")
     daemon = read_daemon(top, config_path, environ, project)

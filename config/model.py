@@ -253,6 +253,7 @@ class DaemonSpec:
     log_max_bytes: int = 10 * 1024 * 1024
     log_keep: int = 5
     log_tail_lines: int = 1000
+    cache_dir: Path | None = None  # uv's and pip's cache under a unit (else theirs, in $HOME)
 
 
 @dataclass(frozen=True, slots=True)

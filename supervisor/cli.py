@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import config
 
@@ -18,6 +18,9 @@ from .launch import cmd_daemon, cmd_up, setup_logging
 from .locate import client_for, load_plan
 from .logformat import FORMATS
 from .output import LogPrinter, print_json, ps_table, scale_lines, status_text
+
+if TYPE_CHECKING:
+    from config.model import Plan
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -185,12 +188,13 @@ def _pid_alive(pid: int) -> bool:
 def cmd_systemd_unit(args: argparse.Namespace) -> int:
     from . import unit
 
-    files = unit.units(load_plan(args), user=args.user, socket=args.socket_unit)
+    plan = load_plan(args)
+    files = unit.units(plan, user=args.user, socket=args.socket_unit)
     if not (args.install or args.output):
         print("\n".join(f.text for f in files), end="")
         return 0
     directory = Path(args.output) if args.output else unit.unit_dir(args.user)
-    commands = unit.install(files, directory, args.user)
+    commands = unit.install(files, directory, args.user, config_path=plan.path, force=args.force)
     for f in files:
         print(f"wrote {directory / f.name}")
     if args.install:
@@ -206,7 +210,33 @@ def cmd_check(args: argparse.Namespace) -> int:
         print_json(config.plan_to_json(plan))
     else:
         print(config.render(plan))
+    for warning in _unknown_identities(plan):
+        print(f"corral: warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _unknown_identities(plan: Plan) -> list[str]:
+    """`user` / `group` names this host does not know: the config may be meant for another
+    host (so not an error), but a daemon here would fail those services."""
+    import grp
+    import pwd
+
+    found = []
+    for service in plan.services.values():
+        for key, name, lookup in (
+            ("user", service.user, pwd.getpwnam),
+            ("group", service.group, grp.getgrnam),
+        ):
+            if name is None or name.isdigit():
+                continue
+            try:
+                lookup(name)
+            except KeyError:
+                found.append(
+                    f"{plan.path}: services.{service.name}.{key}: no {key} {name!r} on this "
+                    "host; a daemon here would fail this service"
+                )
+    return found
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
@@ -418,6 +448,9 @@ def parser() -> argparse.ArgumentParser:
         "--install", action="store_true", help="write it where systemd looks; print what to run"
     )
     where.add_argument("-o", "--output", metavar="DIR", help="write the unit files into DIR")
+    unit.add_argument(
+        "--force", action="store_true", help="replace a unit file written for another config"
+    )
     proxy = add("proxy", cmd_proxy, "run only the load balancer (fixed or DNS-found backends)")
     proxy.add_argument("--listen", action="append", default=[], metavar="HOST:PORT")
     proxy.add_argument("--backend", action="append", default=[], metavar="HOST:PORT")

@@ -59,7 +59,7 @@ class Daemon:
         self.ctx = ServiceContext(
             logs=self._logs,
             ports=PortAllocator(),
-            venvs=VenvBuilder(d.state_dir / "venvs", spawn=self._nursery.spawn),
+            venvs=VenvBuilder(d.state_dir / "venvs", spawn=self._nursery.spawn, cache=d.cache_dir),
             hooks=self,
             token=self.token,
             runtime=Runtime(
@@ -83,11 +83,7 @@ class Daemon:
         self._recorder = Recorder(
             self.state, self.token, self._recorded_pids, self._registry.scaled_counts
         )
-        self.notifier = systemd.Notifier(
-            self.status_line,
-            lambda: settled(self.ps()),
-            lambda: any(s.phase is Phase.BUILDING for s in self.services.values()),
-        )
+        self.notifier = systemd.Notifier(self.status_line, lambda: settled(self.ps()))
         self.shutdown_requested = asyncio.Event()
         self.internal_errors = 0  # bugs caught in instance lives (tests assert none)
 

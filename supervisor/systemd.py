@@ -4,8 +4,10 @@
 start has converged (every service ready, completed or failed — `systemctl start` returns then,
 so units ordered After= this one start against a stack that is really up), a STATUS= line kept
 current ("api 3/3 ready, worker 1/1 running"), RELOADING=1 / READY=1 around a reload,
-STOPPING=1, and EXTEND_TIMEOUT_USEC while a venv is being built (a first build of heavy
-requirements outlasts any sensible TimeoutStartSec).
+STOPPING=1, and EXTEND_TIMEOUT_USEC until READY=1: the start converges when every service is
+ready or has failed by its own bounds (start_timeout, crash_limit, a venv build), which no
+fixed TimeoutStartSec= can know; the extensions come from the event loop, so a daemon that
+wedges while starting stops sending them and systemd's timeout still ends it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 
-# While a venv builds, ask systemd for this much more start-up time, this often.
+# Until READY=1, ask systemd for this much more start-up time, this often.
 _EXTEND_BY = 60.0
 _EXTEND_EVERY = 20.0
 # Before READY, look again this often even without a state change (a phase change that
-# wakes nobody, a venv build to extend the start timeout for).
+# wakes nobody, the start timeout to extend).
 _STARTING_POLL = 1.0
 
 
@@ -70,16 +72,18 @@ class Notifier:
         self,
         summary: Callable[[], str],
         converged: Callable[[], bool],
-        building: Callable[[], bool],
+        *,
+        extend_every: float = _EXTEND_EVERY,
     ) -> None:
         self._summary = summary
         self._converged = converged
-        self._building = building
+        self._extend_every = extend_every
+        self._poll = min(_STARTING_POLL, extend_every)
         self.ready = False  # READY=1 was sent for the initial start
         self._changed = asyncio.Event()
         self._sent = ""
         self._prefix = "starting: "
-        self._extended = -_EXTEND_EVERY
+        self._extended = -extend_every
 
     def changed(self) -> None:
         """Something the summary shows changed (called from the daemon's hooks; cheap)."""
@@ -95,7 +99,7 @@ class Notifier:
             if not self.ready:
                 self._check_ready()
             self._send_status()
-            wait = _STARTING_POLL if not self.ready else None
+            wait = self._poll if not self.ready else None
             try:
                 async with asyncio.timeout(wait):
                     await self._changed.wait()
@@ -111,7 +115,7 @@ class Notifier:
             log.info("start-up converged: %s", self._sent)
             return
         now = time.monotonic()
-        if self._building() and now - self._extended >= _EXTEND_EVERY:
+        if now - self._extended >= self._extend_every:
             self._extended = now
             notify(f"EXTEND_TIMEOUT_USEC={int(_EXTEND_BY * 1e6)}")
 

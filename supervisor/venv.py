@@ -52,9 +52,16 @@ class VenvBuilder:
     """Builds and caches the venvs under `root` (<state_dir>/venvs)."""
 
     def __init__(
-        self, root: Path, *, use_uv: bool | None = None, spawn: Spawn | None = None
+        self,
+        root: Path,
+        *,
+        use_uv: bool | None = None,
+        spawn: Spawn | None = None,
+        cache: Path | None = None,
     ) -> None:
         self.root = root
+        # uv's and pip's download cache (the unit's CacheDirectory=); None: their own default.
+        self.cache = cache
         # Who owns build tasks: the daemon's nursery; used alone (tests), plain tasks.
         self._spawn: Spawn = spawn or _plain_task
         self._uv = _find_uv() if use_uv is not False else None
@@ -177,6 +184,9 @@ class VenvBuilder:
         env = {k: v for k, v in os.environ.items() if k not in _DROP_ENV}
         env.setdefault("PIP_DISABLE_PIP_VERSION_CHECK", "1")
         env["PYTHONUNBUFFERED"] = "1"  # stream pip's output line by line
+        if self.cache is not None:  # (an explicit UV_CACHE_DIR / PIP_CACHE_DIR still wins)
+            env.setdefault("UV_CACHE_DIR", str(self.cache / "uv"))
+            env.setdefault("PIP_CACHE_DIR", str(self.cache / "pip"))
         if self._uv is not None:
             env.setdefault("UV_NO_PROGRESS", "1")
             for name, value in uv_config_from_pip(os.environ)[0].items():

@@ -3,8 +3,9 @@ corral.toml: what they resolve to, how `corral check` shows them, and every way 
 
 from __future__ import annotations
 
-import os
 import socket
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -187,27 +188,61 @@ def test_systemd_directories_only_inside_our_unit(tmp_path: Path) -> None:
     )
 
 
-def test_the_cli_finds_a_running_units_socket(tmp_path: Path) -> None:
+def test_the_cli_finds_the_socket_of_the_unit_that_serves_this_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from supervisor import unit
+
     assert unit_name("My Shop!") == "corral-my-shop"
     assert runtime_subdir("My Shop!") == "corral/my-shop"
-    run = tmp_path / "xdg"
-    environ = {"XDG_RUNTIME_DIR": str(run)}
+    run, config_home = tmp_path / "xdg", tmp_path / "config"
+    environ = {"XDG_RUNTIME_DIR": str(run), "XDG_CONFIG_HOME": str(config_home)}
+    for name, value in environ.items():  # socket_of reads os.environ
+        monkeypatch.setenv(name, value)
     text = 'project = "My Shop!"\n' + SERVICE
-    assert _load(tmp_path, text, environ).daemon.socket == tmp_path / ".corral" / "corral.sock"
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"  # two checkouts of one project
+    for checkout in (mine, theirs):
+        checkout.mkdir()
+    assert _load(mine, text, environ).daemon.socket == mine / ".corral" / "corral.sock"
     where = run / "corral" / "my-shop" / "corral.sock"
     where.parent.mkdir(parents=True)
     listener = socket.socket(socket.AF_UNIX)
     try:
         listener.bind(str(where))
-        assert _load(tmp_path, text, environ).daemon.socket == where
-        old = os.environ.get("XDG_RUNTIME_DIR")
-        os.environ["XDG_RUNTIME_DIR"] = str(run)
-        try:
-            assert socket_of(tmp_path / "corral.toml") == where  # also for a broken config
-        finally:
-            if old is None:
-                del os.environ["XDG_RUNTIME_DIR"]
-            else:
-                os.environ["XDG_RUNTIME_DIR"] = old
+        # A socket with no unit file naming this config is not this config's daemon.
+        assert _load(mine, text, environ).daemon.socket == mine / ".corral" / "corral.sock"
+        (service,) = unit.units(_load(theirs, text, environ), user=True, socket=False)
+        unit.install(
+            [service], config_home / "systemd" / "user", True, config_path=theirs / "corral.toml"
+        )
+        assert _load(theirs, text, environ).daemon.socket == where
+        assert socket_of(theirs / "corral.toml") == where  # also for a broken config
+        # The other checkout keeps its own daemon (it could not even start one before).
+        assert _load(mine, text, environ).daemon.socket == mine / ".corral" / "corral.sock"
+        assert socket_of(mine / "corral.toml") == mine / ".corral" / "corral.sock"
     finally:
         listener.close()
+
+
+def _check(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", "check", "-f", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_warns_of_users_and_groups_this_host_does_not_know(tmp_path: Path) -> None:
+    path = tmp_path / "corral.toml"
+    path.write_text(SERVICE + 'user = "no-such-user-x"\ngroup = "no-such-group-x"\n')
+    done = _check(path)
+    assert done.returncode == 0, done.stderr  # the config may be meant for another host
+    assert done.stderr.splitlines() == [
+        f"corral: warning: {path}: services.api.{key}: no {key} 'no-such-{key}-x' on this "
+        "host; a daemon here would fail this service"
+        for key in ("user", "group")
+    ]
+    path.write_text(SERVICE + 'user = "nobody"\ngroup = "0"\n')
+    done = _check(path)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

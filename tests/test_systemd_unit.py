@@ -80,8 +80,11 @@ def test_the_system_units_have_what_the_issue_lists_and_verify(tmp_path: Path) -
         "Delegate=yes",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "# No PrivateTmp=: the project is under /tmp, which it would hide.",
+        f"# No PrivateTmp=: {tmp_path} is under a temporary directory.",
         "Requires=corral-shop-stack.socket",
+        f"X-Corral-Config={path}",
+        "TimeoutStartSec=90",  # extended by the daemon while it converges (test_systemd.py)
+        "CacheDirectory=corral/shop-stack",
         "TimeoutStopSec=40",  # 30 s of margin + the one service's drain and stop
         "WantedBy=multi-user.target",
         f"WorkingDirectory={tmp_path}",
@@ -101,6 +104,8 @@ def test_the_system_units_have_what_the_issue_lists_and_verify(tmp_path: Path) -
         "WantedBy=sockets.target",
     ):
         assert line in socket, (line, socket)
+    # Restarting the service must not restart (close) the socket: clients wait in its backlog.
+    assert not any(line.startswith("PartOf=") for line in socket), socket
     files = [out / "corral-shop-stack.service", out / "corral-shop-stack.socket"]
     assert verify(analyze, files, user=False, runtime=tmp_path) == ""
     # The check can fail: a unit with a typo is reported.
@@ -168,3 +173,111 @@ def test_a_socket_unit_that_cannot_be_written_says_why(
     assert done.returncode != 0
     assert error in done.stderr, done.stderr
     assert done.stdout == ""
+
+
+def test_a_project_name_cannot_inject_directives(tmp_path: Path) -> None:
+    """`project` is validated at load time (file and key named); a name that is not (the
+    directory's) is still written safely: % doubled, control characters refused."""
+    path = write_config(tmp_path, 'project = "shop\\n[Service]\\nExecStartPre=/usr/bin/touch /x"\n')
+    done = corral("check", "-f", str(path))
+    assert done.returncode != 0
+    assert f"{path}: project: expected a name of letters, digits" in done.stderr, done.stderr
+    api = STACK.split("[services.api]", 1)[1]
+    for bad in ("shop%nbig", "shop\n[Service]"):
+        project = tmp_path / bad
+        project.mkdir()
+        config_path = write_config(project, f"[services.api]{api}")
+        done = corral("systemd-unit", "-f", str(config_path))
+        if "\n" in bad:
+            assert done.returncode != 0 and done.stdout == ""
+            assert "contains the control character '\\n'" in done.stderr, done.stderr
+            continue
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert f"Description=Corral: shop%%nbig ({tmp_path}/shop%%nbig/corral.toml)" in lines
+        assert f"WorkingDirectory={tmp_path}/shop%%nbig" in lines
+        assert [line for line in lines if line.startswith("[")] == [
+            "[Unit]",
+            "[Service]",
+            "[Install]",
+        ]
+
+
+def _sandbox_case(tmp_path: Path, daemon: str) -> tuple[list[str], str]:
+    """The system unit for a project outside /tmp and the homes, with `daemon` as [daemon]."""
+    analyze = require_tool("systemd-analyze", "systemd")
+    base = Path("/srv")
+    if not os.access(base, os.W_OK):
+        pytest.skip("needs a writable /srv: a project outside /tmp and the home directories")
+    project = Path(tempfile.mkdtemp(prefix="corral-unit-test-", dir=base))
+    try:
+        plan = config.load(write_config(project, f"{STACK}\n[daemon]\n{daemon}\n"))
+        text = unit.service_unit(plan, user=False)
+        service = tmp_path / "corral-shop-stack.service"
+        service.write_text(text)
+        assert verify(analyze, [service], user=False, runtime=tmp_path) == ""
+    finally:
+        shutil.rmtree(project)
+    return text.splitlines(), str(project)
+
+
+def test_a_socket_in_tmp_gets_no_private_tmp(tmp_path: Path) -> None:
+    lines, project = _sandbox_case(tmp_path, f'socket = "/tmp/corral-unit-{os.getpid()}.sock"')
+    assert "PrivateTmp=yes" not in lines  # the CLI could not see the socket
+    assert "# No PrivateTmp=: /tmp is under a temporary directory." in lines
+    assert f"ReadWritePaths={project} /tmp" in lines
+
+
+def test_a_state_dir_in_var_tmp_gets_no_private_tmp(tmp_path: Path) -> None:
+    lines, project = _sandbox_case(tmp_path, 'state_dir = "/var/tmp/corral-unit-state"')
+    assert "PrivateTmp=yes" not in lines  # it would be wiped at every stop
+    assert "# No PrivateTmp=: /var/tmp/corral-unit-state is under a temporary directory." in lines
+    assert f"ReadWritePaths={project} /var/tmp/corral-unit-state" in lines
+
+
+def test_logs_under_home_make_home_read_only_not_hidden(tmp_path: Path) -> None:
+    lines, project = _sandbox_case(tmp_path, 'logs_dir = "/home/corral-unit-logs"')
+    assert "ProtectHome=yes" not in lines  # hidden, the logs could not be written
+    assert "ProtectHome=read-only" in lines
+    reason = next(line for line in lines if line.startswith("# ProtectHome=read-only"))
+    assert "/home/corral-unit-logs" in reason, reason
+    assert f"ReadWritePaths=/home/corral-unit-logs {project}" in lines
+
+
+def test_corral_itself_under_tmp_gets_no_private_tmp(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze", "systemd")
+    if not os.access("/srv", os.W_OK):
+        pytest.skip("needs a writable /srv: a project outside /tmp and the home directories")
+    project = Path(tempfile.mkdtemp(prefix="corral-unit-test-", dir="/srv"))
+    script = tmp_path / "venv" / "bin" / "corral"  # (systemd-analyze wants it to exist)
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    try:
+        plan = config.load(write_config(project, STACK))
+        outside = unit.service_unit(plan, user=False)
+        inside = unit.service_unit(plan, user=False, argv=[str(script)])
+    finally:
+        shutil.rmtree(project)
+    assert "PrivateTmp=yes" in outside.splitlines()
+    lines = inside.splitlines()
+    assert "PrivateTmp=yes" not in lines
+    assert f"# No PrivateTmp=: {script} is under a temporary directory." in lines
+    service = tmp_path / "corral-shop-stack.service"
+    service.write_text(inside)
+    assert verify(analyze, [service], user=False, runtime=tmp_path) == ""
+
+
+def test_a_user_unit_for_services_with_a_user_is_refused_when_not_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config(tmp_path, STACK + 'user = "nobody"\n')
+    plan = config.load(path)
+    assert unit.units(plan, user=False, socket=False)  # the system unit runs as root
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # (a user manager that is not root's)
+    with pytest.raises(unit.SupervisorError) as info:
+        unit.units(plan, user=True, socket=False)
+    assert str(info.value) == (
+        f"{path}: services.api.user: a user unit runs as you, not root, so it cannot run a "
+        "service as another user; use the system unit (without --user) or remove user/group"
+    )

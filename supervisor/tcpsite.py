@@ -8,8 +8,9 @@ most `MAX_CONNECTIONS` connections and, at the cap, stops accepting as the proxy
 costs the daemon no descriptor); a request head must arrive whole within `HEADER_TIMEOUT` of
 the connection opening or of the previous response (a slowloris that trickles a byte at a time
 is closed then: aiohttp's own keep-alive timer is not a head deadline in every release we
-accept); an idle keep-alive connection is closed after `IDLE_TIMEOUT`; and heads and bodies
-have small size limits.
+accept); a client that stops reading a response is closed after `SEND_TIMEOUT` (else its
+connection, and the handler writing to it, would be held for good); an idle keep-alive
+connection is closed after `IDLE_TIMEOUT`; and heads and bodies have small size limits.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 64
 HEADER_TIMEOUT = 10.0  # seconds for a whole request head (nginx's client_header_timeout: 60)
 IDLE_TIMEOUT = 15.0  # seconds an idle keep-alive connection is kept (Prometheus scrapes at 15 s+)
+SEND_TIMEOUT = 30.0  # seconds a client may leave our send buffer full (nginx's send_timeout: 60)
 # Pass as the Application's client_max_size: the dashboard's JSON bodies are a few bytes.
 MAX_BODY = 64 * 1024
 MAX_LINE = 8190  # request line and each header line (aiohttp's default, nginx's 8 KB)
@@ -56,6 +58,7 @@ class TcpSite:
         max_connections: int = MAX_CONNECTIONS,
         header_timeout: float = HEADER_TIMEOUT,
         idle_timeout: float = IDLE_TIMEOUT,
+        send_timeout: float = SEND_TIMEOUT,
     ) -> None:
         self._app = app
         self._what = what  # "metrics", "dashboard": for messages
@@ -63,6 +66,7 @@ class TcpSite:
         self._resume_at = max_connections * 3 // 4  # accept again below this: no flapping
         self._header_timeout = header_timeout
         self._idle_timeout = idle_timeout
+        self._send_timeout = send_timeout
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
         self._connections: dict[RequestHandler, _Connection] = {}
@@ -111,7 +115,7 @@ class TcpSite:
 
     def _accept(self) -> asyncio.Protocol:
         assert self._runner is not None and self._runner.server is not None
-        return _Connection(self, self._runner.server(), self._header_timeout)
+        return _Connection(self, self._runner.server(), self._header_timeout, self._send_timeout)
 
     def _opened(self, conn: _Connection) -> None:
         self._connections[conn.inner] = conn
@@ -147,12 +151,16 @@ class TcpSite:
 class _Connection(asyncio.Protocol):
     """aiohttp's protocol for one connection, counted, with a deadline for each request head."""
 
-    def __init__(self, site: TcpSite, inner: RequestHandler, header_timeout: float) -> None:
+    def __init__(
+        self, site: TcpSite, inner: RequestHandler, header_timeout: float, send_timeout: float
+    ) -> None:
         self._site = site
         self.inner = inner
         self._header_timeout = header_timeout
+        self._send_timeout = send_timeout
         self._transport: asyncio.Transport | None = None
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: asyncio.TimerHandle | None = None  # for the next request head
+        self._stalled: asyncio.TimerHandle | None = None  # while the client reads nothing
         self._busy = 0  # requests being handled (aiohttp handles one at a time; pipelined wait)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -169,13 +177,22 @@ class _Connection(asyncio.Protocol):
         return None  # close the transport (aiohttp's answer too)
 
     def pause_writing(self) -> None:
+        # Our send buffer is full: the client has that long to start reading again.
+        loop = asyncio.get_running_loop()
+        self._stalled = loop.call_later(self._send_timeout, self._expire)
         self.inner.pause_writing()
 
     def resume_writing(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel()
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
         self._transport = None
         try:
             self.inner.connection_lost(exc)
@@ -205,9 +222,9 @@ class _Connection(asyncio.Protocol):
             self._deadline = None
 
     def _expire(self) -> None:
-        self._deadline = None
+        self._deadline = self._stalled = None
         if self._transport is not None and not self._transport.is_closing():
-            # Between requests this is aiohttp's idle close too, had it not come first.
+            # A head or a reader that did not come in time; nothing of ours is left to send.
             self._transport.abort()
 
 

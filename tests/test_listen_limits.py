@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import resource
+import socket
 import sys
 import time
 from pathlib import Path
@@ -19,11 +20,12 @@ from aiohttp import web
 from supervisor.ports import free_port
 from supervisor.tcpsite import TcpSite
 
-from .conftest import web_service, write_config
+from .conftest import wait_until, web_service, write_config
 from .test_hostile import closed_within, spawned, unix_get
 from .test_proxy_support import raw_exchange, read_response
 
 HALF_HEAD = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # never finished
+BIG = 64 << 20  # more than loopback's socket buffers hold
 
 
 async def _site(**limits: float) -> tuple[TcpSite, int]:
@@ -32,7 +34,11 @@ async def _site(**limits: float) -> tuple[TcpSite, int]:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="hello")
 
+    async def big(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * BIG)
+
     app.router.add_get("/", hello)
+    app.router.add_get("/big", big)
     site = TcpSite(app, "test", **limits)  # type: ignore[arg-type]
     _, port = await site.open(("127.0.0.1", 0), "[test] listen in test.toml")
     return site, port
@@ -82,6 +88,27 @@ async def test_an_idle_keep_alive_connection_is_closed() -> None:
         assert (await read_response(reader)).status == 200
         assert await closed_within(reader, 10) == b""
         writer.close()
+    finally:
+        await site.close()
+
+
+async def test_a_client_that_stops_reading_is_closed_at_the_send_timeout() -> None:
+    site, port = await _site(send_timeout=0.5, header_timeout=60.0, idle_timeout=60.0)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")  # and never reads
+            await wait_until(lambda: site.connections == 1, timeout=20, what="the connection")
+            await wait_until(lambda: site.connections == 0, timeout=20, what="the stalled close")
+            client.settimeout(10)
+
+            def drain() -> int:
+                received = 0
+                with contextlib.suppress(ConnectionResetError):
+                    while chunk := client.recv(1 << 20):
+                        received += len(chunk)
+                return received
+
+            assert await asyncio.to_thread(drain) < BIG  # cut, not completed
     finally:
         await site.close()
 

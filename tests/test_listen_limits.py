@@ -20,7 +20,7 @@ from aiohttp import web
 from supervisor.ports import free_port
 from supervisor.tcpsite import TcpSite
 
-from .conftest import wait_until, web_service, write_config
+from .conftest import running_daemon, wait_until, web_service, write_config
 from .test_hostile import closed_within, spawned, unix_get
 from .test_proxy_support import raw_exchange, read_response
 
@@ -153,6 +153,45 @@ async def test_a_bad_host_fails_with_the_key_and_the_reason() -> None:
         "metrics cannot listen on nosuchhost.invalid:9464 ([metrics] listen in /x/corral.toml): "
         "cannot resolve host 'nosuchhost.invalid'"
     )
+
+
+# --- a real daemon ------------------------------------------------------------------------------------
+
+
+async def test_a_daemons_listeners_close_unfinished_heads_at_the_deadline(tmp_path: Path) -> None:
+    """The reviewer's 1000 half-open heads were still held after 80 s; now 10 s is the end."""
+    metrics_port, dashboard_port = free_port(), free_port()
+    path = write_config(
+        tmp_path,
+        f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
+        f'[dashboard]\nlisten = "127.0.0.1:{dashboard_port}"\n' + web_service("web"),
+    )
+
+    def held() -> int:
+        """Server-side connections on the two ports (the daemon runs in this process)."""
+        return sum(
+            1
+            for c in psutil.Process().net_connections("tcp")
+            if c.laddr
+            and c.laddr.port in (metrics_port, dashboard_port)
+            and c.status == psutil.CONN_ESTABLISHED
+        )
+
+    async with running_daemon(path):
+        conns = []
+        for port in (metrics_port, dashboard_port):
+            for _ in range(10):
+                conn = await asyncio.open_connection("127.0.0.1", port)
+                conn[1].write(HALF_HEAD)
+                conns.append(conn)
+        await wait_until(lambda: held() == 20, timeout=10, what="20 connections held")
+        started = time.monotonic()
+        for reader, _ in conns:
+            assert await closed_within(reader, 30) == b""
+        assert time.monotonic() - started < 25  # HEADER_TIMEOUT (10 s), with room for load
+        await wait_until(lambda: held() == 0, timeout=10, what="every connection closed")
+        for _, writer in conns:
+            writer.close()
 
 
 # --- a flood against a real daemon ------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Sequence
 
 from config.model import DashboardSpec, ProxySpec, ServiceSpec
@@ -30,10 +32,32 @@ def read_listen(table: Table, example: int) -> tuple[str, int]:
     try:
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise ValueError(value)
-        return parse_address(value)  # a bare port means 127.0.0.1: never the LAN by accident
+        host, port = parse_address(value)  # a bare port means 127.0.0.1: never the LAN by accident
     except ValueError:
         what = f'an address like "127.0.0.1:{example}", ":{example}" or {example}'
         raise table.error("listen", f"expected {what}, got {show(value)}") from None
+    if (problem := _bad_host(host)) is not None:
+        raise table.error("listen", problem)
+    return host, port
+
+
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def _bad_host(host: str) -> str | None:
+    """Why `host` can be neither an IP address nor a host name (a name resolves at start)."""
+    if host.replace(".", "").isdigit():  # only digits and dots: meant as an IPv4 address
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv4 address (each of its four numbers is 0 to 255)"
+        return None
+    if ":" in host:
+        return None  # bracketed IPv6: parse_address checked it
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        return f"{host!r} is neither an IP address nor a host name"
+    return None
 
 
 def check_free(

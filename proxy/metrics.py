@@ -10,6 +10,11 @@ from .backend import LATENCY_BUCKETS
 from .context import Context
 from .router import STATUS_CLASSES, Router
 
+# Every label value these counters can have, sampled at 0 from the start: a series that appears
+# only at its first event makes `rate()` and `increase()` miss that event (Prometheus' advice).
+ERROR_STATUSES = (400, 404, 405, 408, 413, 414, 431, 500, 501, 502, 503, 504)
+TIMEOUT_KINDS = ("header", "body", "send")
+
 
 def render(ctx: Context, router: Router) -> str:
     """All proxy metrics in the Prometheus text exposition format."""
@@ -110,7 +115,7 @@ def render(ctx: Context, router: Router) -> str:
             "Responses written by the proxy itself, by status.",
             (
                 f"corral_proxy_errors_total{prom.labels(status=str(s))} {n}"
-                for s, n in sorted(ctx.errors.items())
+                for s, n in sorted({**dict.fromkeys(ERROR_STATUSES, 0), **ctx.errors}.items())
             ),
         )
     )
@@ -121,7 +126,9 @@ def render(ctx: Context, router: Router) -> str:
             "Client connections ended by the header, body or send timeout.",
             (
                 f"corral_proxy_client_timeouts_total{prom.labels(kind=k)} {n}"
-                for k, n in sorted(ctx.client_timeouts.items())
+                for k, n in sorted(
+                    {**dict.fromkeys(TIMEOUT_KINDS, 0), **ctx.client_timeouts}.items()
+                )
             ),
         )
     )

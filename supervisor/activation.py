@@ -7,6 +7,8 @@ FileDescriptorName=, by default the unit's name). The proxy takes those named "p
 a hand-written socket unit without names still works. The variables are removed from our
 environment and the descriptors made close-on-exec, so no instance inherits them (they are
 the proxy's, and an instance holding one would keep the port open after we close it).
+Only TCP listening sockets are taken: anything else (a Unix-domain socket, a datagram socket)
+stops the start with an error naming the descriptor, before any service starts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 FIRST_FD = 3  # SD_LISTEN_FDS_START
 PROXY = "proxy"
 _VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+_FAMILIES = {socket.AF_UNIX: "Unix-domain"}
 
 
 @dataclass(slots=True)
@@ -64,9 +67,19 @@ def take(environ: MutableMapping[str, str] = os.environ) -> Inherited:
         ):
             where = _address(sock)
             inherited.close()
+            sock.close()
             raise SupervisorError(
                 f"socket activation: descriptor {fd} ({name}, {where}) is not a listening "
                 "stream socket (the proxy needs ListenStream=)"
+            )
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            where = _address(sock)
+            inherited.close()
+            sock.close()
+            raise SupervisorError(
+                f"socket activation: descriptor {fd} ({name}, {where}) is a "
+                f"{_FAMILIES.get(sock.family, str(sock.family))} socket; the proxy serves TCP only "
+                "(ListenStream= with a port or an IP address and port)"
             )
         sock.setblocking(False)
         inherited.sockets.append((name, sock))

@@ -73,7 +73,11 @@ class Daemon:
         )
         self._registry.use(self.ctx)
         self._sampler = Sampler(
-            self._pids, clock=clock, pace=self._memory_pace, observe=self._watch_memory
+            self._pids,
+            clock=clock,
+            pace=self._memory_pace,
+            observe=self._watch_memory,
+            members=self._cgroup_members,
         )
         self._autoscaler = Autoscaler(
             lambda: self._registry.services, self.traffic, self._events, clock=clock
@@ -289,6 +293,14 @@ class Daemon:
 
     def _pids(self) -> list[int]:
         return [inst.pid for inst in self.instances() if inst.pid is not None]
+
+    def _cgroup_members(self) -> dict[int, list[int]]:
+        """Each instance's processes in its cgroup, escaped ones included (the sampler's)."""
+        return {
+            inst.pid: inst.scope.cgroup.pids()
+            for inst in self.instances()
+            if inst.pid is not None and inst.scope is not None and inst.scope.cgroup is not None
+        }
 
     def ps(self) -> list[InstanceRow]:
         stats, now = self._sampler.latest, time.time()

@@ -17,7 +17,7 @@ from proxy import prometheus as prom
 from proxy.prometheus import labels as _labels
 
 from .states import State
-from .tcpsite import serve_tcp
+from .tcpsite import MAX_BODY, TcpSite
 
 if TYPE_CHECKING:
     from .status import InstanceRow
@@ -130,22 +130,24 @@ class MetricsListener:
 
     def __init__(self, daemon: DaemonView) -> None:
         self._daemon = daemon
-        self._runner: web.AppRunner | None = None
+        self.site: TcpSite | None = None
         self.address: tuple[str, int] | None = None
 
     async def open(self) -> None:
-        listen = self._daemon.plan.metrics.listen
-        if listen is None:
+        plan = self._daemon.plan
+        if plan.metrics.listen is None:
             return
-        app = web.Application()
+        app = web.Application(client_max_size=MAX_BODY)
         app.router.add_get("/metrics", self._metrics)
-        self._runner, self.address = await serve_tcp(app, listen, "metrics")
+        site = TcpSite(app, "metrics")
+        self.address = await site.open(plan.metrics.listen, f"[metrics] listen in {plan.path}")
+        self.site = site
         log.info("metrics on http://%s/metrics", format_address(self.address))
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self.site is not None:
+            await self.site.close()
+            self.site = None
             self.address = None
 
     async def _metrics(self, request: web.Request) -> web.Response:

@@ -1,7 +1,10 @@
 """CPU% and RSS of every instance's process tree, sampled by one owner on a schedule.
 
 An instance is its process and everything below it (a gunicorn master and its workers): its
-sample is the sum over the tree, found through one parent → children map per round. CPU% is
+sample is the sum over the tree, found through one parent → children map per round, plus
+whatever else sits in the instance's cgroup when it has one (`members`): a process that
+double-forked and called setsid has left the tree but not the cgroup, and its memory counts
+towards `memory_limit` all the same (without a cgroup, only the tree is measured). CPU% is
 a difference between two readings of a process's CPU time, so whoever takes the
 readings decides the measuring window (psutil's `cpu_percent(None)` measures since its
 previous call on the same object: two readers of `ps` would each halve the other's window).
@@ -72,8 +75,10 @@ class Sampler:
         clock: Clock = SYSTEM_CLOCK,
         pace: Callable[[], float | None] = lambda: None,
         observe: Callable[[StatsSnapshot], None] = lambda _: None,
+        members: Callable[[], Mapping[int, Iterable[int]]] = dict,
     ) -> None:
         self._pids = pids
+        self._members = members  # instance pid → the pids in its cgroup (if it has one)
         self._pace = pace  # a shorter interval someone needs (memory_grace), if any
         self._observe = observe
         self._interval = interval
@@ -120,7 +125,8 @@ class Sampler:
 
     def sample(self) -> StatsSnapshot:
         """One scheduled round over every live instance's tree."""
-        trees = {pid: tree_pids(pid) for pid in set(self._pids())}
+        members = self._members()
+        trees = {pid: _instance_pids(pid, members) for pid in set(self._pids())}
         live = {member for tree in trees.values() for member in tree}
         for pid in list(self._last):
             if pid not in live and pid != os.getpid():
@@ -141,7 +147,7 @@ class Sampler:
         """A process just came up: sample it now, outside the schedule (its RSS, CPU 0.0)."""
         if pid in self._last:
             return
-        sample = self._tree(tree_pids(pid))
+        sample = self._tree(_instance_pids(pid, self._members()))
         if sample is not None:
             processes = {**self._latest.processes, pid: sample}
             self._latest = dataclasses.replace(self._latest, processes=MappingProxyType(processes))
@@ -169,6 +175,17 @@ class Sampler:
         elapsed = reading.at - last.at
         used = reading.cpu - last.cpu
         return ProcessSample(round(100.0 * used / elapsed, 1) if elapsed > 0 else 0.0, reading.rss)
+
+
+def _instance_pids(pid: int, members: Mapping[int, Iterable[int]]) -> list[int]:
+    """`pid`'s tree and its cgroup's other members (`pid` first, each once)."""
+    found = tree_pids(pid)
+    seen = set(found)
+    for member in members.get(pid, ()):
+        if member not in seen:
+            seen.add(member)
+            found.append(member)
+    return found
 
 
 @dataclass(frozen=True, slots=True)

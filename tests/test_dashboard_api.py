@@ -358,5 +358,8 @@ async def test_a_taken_dashboard_port_fails_the_start_with_a_clear_error(tmp_pat
         with pytest.raises(SupervisorError) as info:
             async with running_daemon(path):
                 pass
-    assert str(info.value) == f"dashboard cannot listen on 127.0.0.1:{port}: Address already in use"
+    assert str(info.value) == (
+        f"dashboard cannot listen on 127.0.0.1:{port} ([dashboard] listen in {path}): "
+        "Address already in use"
+    )
     assert not (tmp_path / ".corral" / "corral.sock").exists()

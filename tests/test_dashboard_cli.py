@@ -89,6 +89,7 @@ def test_up_fails_with_the_reason_when_the_dashboard_port_is_taken(tmp_path: Pat
     # The listener opens before the control socket answers, so `up -d` sees the daemon exit
     # with this reason rather than a stack that is shutting down.
     assert result.stderr.splitlines()[-1] == (
-        f"corral: dashboard cannot listen on 127.0.0.1:{port}: Address already in use"
+        f"corral: dashboard cannot listen on 127.0.0.1:{port} "
+        f"([dashboard] listen in {tmp_path / 'corral.toml'}): Address already in use"
     )
     assert not (tmp_path / ".corral" / "corral.sock").exists()

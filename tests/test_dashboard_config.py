@@ -107,3 +107,29 @@ def test_a_reload_reports_that_listen_needs_a_restart(tmp_path: Path) -> None:
     new = _load(tmp_path, "[dashboard]\nlisten = 9100\n")
     changes = diff(old, new).lines()
     assert changes == ["! dashboard.listen: changed, takes effect after a daemon restart"]
+
+
+@pytest.mark.parametrize("table", ["dashboard", "metrics"])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            '"999.1.1.1:9464"',
+            "'999.1.1.1' is not an IPv4 address (each of its four numbers is 0 to 255)",
+        ),
+        ('"1.2.3:9464"', "'1.2.3' is not an IPv4 address (each of its four numbers is 0 to 255)"),
+        ('"bad_host!:9464"', "'bad_host!' is neither an IP address nor a host name"),
+        ('"-x.example:9464"', "'-x.example' is neither an IP address nor a host name"),
+    ],
+)
+def test_a_listen_host_that_cannot_be_one_is_refused_at_load(
+    tmp_path: Path, table: str, value: str, message: str
+) -> None:
+    error = _error(tmp_path, f"[{table}]\nlisten = {value}\n")
+    assert (error.key, error.message) == (f"{table}.listen", message)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "[::1]", "localhost", "metrics.example.com"])
+def test_a_listen_host_may_be_an_address_or_a_name(tmp_path: Path, host: str) -> None:
+    # A name is resolved when the daemon binds (test_listen_limits: the error then).
+    assert _load(tmp_path, f'[metrics]\nlisten = "{host}:9464"\n').metrics.listen is not None

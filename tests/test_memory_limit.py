@@ -4,15 +4,18 @@ restart counts by reason."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import psutil
+import pytest
 
+from supervisor.cgroup import detect
 from supervisor.daemon import Daemon
 from supervisor.memory import MemoryWatch, pace
 from supervisor.output import ps_table
 
-from .conftest import PY, rows_of, running_daemon, wait_until, write_config
+from .conftest import PY, pid_alive, rows_of, running_daemon, wait_until, write_config
 
 MB = 1 << 20
 
@@ -101,3 +104,66 @@ def _tree_over(daemon: Daemon) -> bool:
     except psutil.Error:
         return False
     return sample.processes == 2 and sample.rss_bytes > 90 * MB and own < 48 * MB
+
+
+# fork, setsid, fork: the grandchild holding the memory has left the instance's process tree
+# (reparented away, another session) but not its cgroup.
+ESCAPED_HOG = """
+import os, time
+child = os.fork()
+if child == 0:
+    os.setsid()
+    if os.fork() == 0:
+        x = bytearray(160 * 1024 * 1024)
+        for i in range(0, len(x), 4096):
+            x[i] = 1  # touch every page: resident, not just reserved
+        with open("escaped.pid", "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(600)
+    os._exit(0)
+os.waitpid(child, 0)
+time.sleep(600)
+"""
+
+
+async def test_a_double_forked_grandchild_in_the_cgroup_counts_towards_memory_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not (os.geteuid() == 0 and detect({}).directory is not None):
+        pytest.skip(f"needs a writable cgroup v2 of our own ({detect({}).reason})")
+    monkeypatch.delenv("CORRAL_CGROUP", raising=False)
+    script = tmp_path / "escaper.py"
+    script.write_text(ESCAPED_HOG)
+    path = write_config(
+        tmp_path,
+        f"""
+[services.hog]
+command = ["{PY}", "{script}"]
+venv = false
+min_uptime = "100ms"
+memory_limit = "100MB"
+memory_grace = "2s"
+stop_timeout = "2s"
+backoff = {{ initial = "50ms", max = "100ms" }}
+""",
+    )
+    pid_file = tmp_path / "escaped.pid"
+    async with running_daemon(path) as daemon:
+        await wait_until(pid_file.exists, timeout=30, what="the grandchild")
+        grandchild = int(pid_file.read_text())
+        leader = rows_of(daemon, "hog")[0]["pid"]
+        assert isinstance(leader, int)
+        assert grandchild not in [p.pid for p in psutil.Process(leader).children(recursive=True)]
+
+        # `ps` and /metrics see its memory (the leader alone is a few MB) ...
+        def counted() -> bool:
+            row = rows_of(daemon, "hog")[0]
+            return row["pid"] == leader and int(row["rss_bytes"] or 0) > 150 * MB
+
+        await wait_until(counted, timeout=30, what="the grandchild's RSS in ps")
+        assert daemon.stats().of(leader).processes == 2
+        # ... and memory_limit restarts the instance for it.
+        await wait_until(lambda: rows_of(daemon, "hog")[0]["restarts"] >= 1, timeout=30)
+        reason = str(rows_of(daemon, "hog")[0]["last_restart"])
+        assert reason.startswith("memory_limit: RSS "), reason
+        await wait_until(lambda: not pid_alive(grandchild), timeout=30, what="the sweep")

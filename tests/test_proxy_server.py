@@ -138,6 +138,10 @@ def test_metrics(run: Runner) -> None:
         )
         assert 'code="5xx"} 1' in text
         assert 'corral_proxy_errors_total{status="404"} 1' in text
+        # The counters with no event yet have their series already, at 0 (rate() needs it).
+        assert 'corral_proxy_errors_total{status="502"} 0' in text
+        for kind in ("header", "body", "send"):
+            assert f'corral_proxy_client_timeouts_total{{kind="{kind}"}} 0' in text
 
     run(scenario())
 

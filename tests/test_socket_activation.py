@@ -123,3 +123,35 @@ async def test_a_passed_socket_that_does_not_listen_is_refused_clearly(tmp_path:
         f"socket activation: descriptor 3 (proxy, 127.0.0.1:{port}) is not a listening stream "
         "socket (the proxy needs ListenStream=)"
     ) in text, text
+
+
+async def test_a_passed_unix_socket_is_refused_clearly(tmp_path: Path) -> None:
+    """A Unix-domain socket beside the TCP one: refused before anything starts, never a crash
+    at the first connection (the proxy's addresses and peers are TCP's)."""
+    activate = require_tool("systemd-socket-activate", "systemd")
+    port = free_port()
+    path = write_config(
+        tmp_path,
+        f'project = "act"\n[proxy]\nlisten = "127.0.0.1:{port}"\n' + web_service("web"),
+    )
+    unix_path = tmp_path / "sb.sock"
+    log = tmp_path / "daemon.log"
+    argv = [activate, "-l", f"127.0.0.1:{port}", "-l", str(unix_path)]
+    argv += [f"-E{var}" for var in ("PATH", "HOME") if var in os.environ]
+    argv += [sys.executable, "-m", "supervisor", "daemon", "-f", str(path)]
+    proc = _launch(argv, log, tmp_path)
+    try:
+        await wait_until(lambda: unix_path.exists(), timeout=30, what="the Unix socket")
+        with contextlib.suppress(OSError):  # the daemon may refuse before it answers
+            await http_get(port, "/", timeout=30)
+        await wait_until(lambda: proc.poll() is not None, timeout=60, what="the daemon exits")
+    finally:
+        await asyncio.to_thread(_stop, proc)
+    text = log.read_text()
+    assert proc.returncode != 0, text
+    assert (
+        f"socket activation: descriptor 4 (unknown, {unix_path}) is a Unix-domain socket; "
+        "the proxy serves TCP only"
+    ) in text, text
+    assert "Traceback" not in text, text
+    assert not (tmp_path / ".corral" / "corral.sock").exists()  # it never answered

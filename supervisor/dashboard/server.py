@@ -13,7 +13,7 @@ from config.render import format_address
 
 from ..errors import SupervisorError
 from ..stats import StatsFeed
-from ..tcpsite import serve_tcp
+from ..tcpsite import MAX_BODY, TcpSite
 from . import stream
 from .guard import browser_guard, token_guard
 from .token import TokenFile
@@ -53,7 +53,7 @@ class Dashboard:
         self.tokens = TokenFile(self.daemon.plan.daemon.state_dir / _TOKEN_FILE)
         self.address: tuple[str, int] | None = None  # bound TCP address (port 0 resolved)
         self.browser_guard = browser_guard(check_host=True)
-        self._runner: web.AppRunner | None = None
+        self.site: TcpSite | None = None
 
     # --- routes --------------------------------------------------------------------------------
 
@@ -74,11 +74,12 @@ class Dashboard:
         from ..control import map_errors
 
         app = web.Application(
+            client_max_size=MAX_BODY,
             middlewares=[
                 token_guard(lambda: self.tokens.token),
                 browser_guard(check_host=False),
                 map_errors,
-            ]
+            ],
         )
         self._add_view_routes(app)
         c = self.control
@@ -105,7 +106,9 @@ class Dashboard:
             self.tokens.load()
         except OSError as exc:
             raise SupervisorError(f"dashboard token {self.tokens.path}: {exc}") from exc
-        self._runner, self.address = await serve_tcp(self.tcp_app(), listen, "dashboard")
+        site = TcpSite(self.tcp_app(), "dashboard")
+        self.address = await site.open(listen, f"[dashboard] listen in {self.daemon.plan.path}")
+        self.site = site
         log.info("dashboard on http://%s/", format_address(self.address))
         if not _is_loopback(self.address[0]):
             log.warning(
@@ -115,9 +118,9 @@ class Dashboard:
             )
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self.site is not None:
+            await self.site.close()
+            self.site = None
             self.address = None
 
     def url(self) -> str | None:

@@ -229,6 +229,8 @@ class Autoscaler:
         )
         decision = decide(spec, seen, track.state, now)
         track.state, track.seen, track.latest = decision.state, seen, decision
+        if decision.forget:
+            track.window.clear()
         if service.stopped_by_order:
             self._demand.set_holding(name, False, f"{name} is stopped (corral start {name})")
         elif service.phase not in (Phase.FAILED, Phase.STOPPED):

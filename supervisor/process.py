@@ -52,6 +52,7 @@ def _inherit_only_stdio() -> None:
             with contextlib.suppress(OSError):
                 os.set_inheritable(fd, False)
 
+
 # What a child may inherit from the daemon's environment; everything else comes from the config.
 ENV_ALLOW = (
     "PATH",

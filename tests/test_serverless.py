@@ -402,3 +402,23 @@ async def test_held_requests_are_forwarded_in_arrival_order(tmp_path: Path) -> N
         answers = await asyncio.gather(*sent)
         assert [a[0] for a in answers] == [200] * 5, answers
         assert [json.loads(a[2])["seq"] for a in answers] == [1, 2, 3, 4, 5]
+
+
+async def test_the_hold_bound_is_exact_under_a_flood(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many requests parsed in one loop iteration: each must see the places taken before it.
+    monkeypatch.setattr("supervisor.traffic.MAX_HELD", 20)
+    text = _stack('min = 0, max = 1, cold_start_timeout = "30s"', 'START_DELAY = "30"')
+    async with _daemon(tmp_path, text) as (daemon, port):
+        pool = daemon.traffic.pools["fn"]
+        flood = [asyncio.create_task(_get(port, f"/slow?ms=1&i={i}")) for i in range(80)]
+        await wait_until(
+            lambda: sum(1 for t in flood if t.done()) == 60, timeout=20, what="60 refused"
+        )
+        refused = [t.result() for t in flood if t.done()]
+        assert all(a[0] == 503 and b"20 requests are already waiting" in a[2] for a in refused)
+        assert pool.queued == 20  # 60 refused + 20 held: never one more than the bound
+        daemon.request_shutdown()  # the 20 held get their answer at once
+        answers = await asyncio.gather(*flood)
+        assert sum(1 for a in answers if b"the daemon is shutting down" in a[2]) == 20

@@ -169,6 +169,8 @@ class Exchange:
             if cold and pool.cold_start_header:
                 self.cold_start = time.monotonic() - self.started
             self._dispatch(b)
+        elif ticket.refusal:
+            self.answer(NoBackend(f"no backend in pool {pool.name!r}: {ticket.refusal}"))
         else:
             self._not_granted(pool, hold, limit)
 

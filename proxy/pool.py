@@ -53,6 +53,7 @@ class Ticket:
     exclude: tuple[Backend, ...]  # backends it already tried
     load: Load | None = None  # the counter it was added to (the pool's may be replaced)
     left: bool = False
+    refusal: str = ""  # why it was answered without a backend (`refuse_waiting`)
 
 
 class Pool:
@@ -185,6 +186,15 @@ class Pool:
         self.empty_reason = reason
         if when is WhenEmpty.FAIL:
             self._wake()
+
+    def refuse_waiting(self, reason: str) -> None:
+        """Answer every request in line now, without a backend, saying `reason` (the backend
+        they wait for cannot come); those arriving later wait as `when_empty` says."""
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.future.done():
+                waiter.refusal = reason
+                waiter.future.set_result(None)
 
     def reconfigure(self, balance: Balance, hash_key: HashKey) -> None:
         """Switch strategy (config reload); in-flight requests are unaffected."""

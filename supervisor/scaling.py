@@ -17,8 +17,9 @@ Knative's KPA, on one machine (docs/serverless.md):
 - at zero only a request starts something: as many instances as the requests waiting need,
   ceil(waiting / target), at least one (Knative's activator-driven 0 -> N), never what the
   windows remember of a burst before the service went to zero;
-- a cold start that has no ready instance after `cold_start_timeout` gives up (back to `min`,
-  so nothing is left running), and its windows and panic state are forgotten too;
+- a cold start that has no ready instance after `cold_start_timeout`, or whose instances all
+  failed (crashed at start until given up on), gives up (back to `min`, so nothing is left
+  running), and its windows and panic state are forgotten too;
 - an instance that crashes while no request is under way is not restarted (unless `min` needs
   it): a crash at zero traffic must not become a restart loop; the next request starts one;
 - the result is clamped to `min` … `max`.
@@ -103,6 +104,7 @@ class Observation:
     held: int  # of those, held by the proxy for want of an instance
     idle_for: float | None  # seconds since the last request ended (None: one is in flight)
     cold_start_for: float | None = None  # seconds a cold start has waited for a ready instance
+    cold_start_error: str | None = None  # why it cannot succeed (its instances failed)
     # Instances 1 … alive are not down after a crash (None: all of them): with no request
     # under way, crashed ones above that are not restarted.
     alive: int | None = None
@@ -141,13 +143,12 @@ def decide(spec: ScaleSpec, seen: Observation, state: ScaleState, now: float) ->
             forget=True,
         )
 
-    if (
-        seen.cold_start_for is not None
-        and seen.ready == 0
-        and seen.cold_start_for >= spec.cold_start_timeout
-    ):
-        waited = format_duration(spec.cold_start_timeout)
-        return afresh(spec.min, f"cold start failed: no instance ready after {waited}", True)
+    if seen.cold_start_for is not None and seen.ready == 0:
+        if seen.cold_start_error:
+            return afresh(spec.min, f"cold start failed: {seen.cold_start_error}", True)
+        if seen.cold_start_for >= spec.cold_start_timeout:
+            waited = format_duration(spec.cold_start_timeout)
+            return afresh(spec.min, f"cold start failed: no instance ready after {waited}", True)
     if seen.current == 0:
         if seen.demand == 0:
             # At zero, only a request starts something.

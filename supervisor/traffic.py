@@ -123,6 +123,13 @@ class Traffic:
         elif not holding and pool.when_empty is not WhenEmpty.FAIL:
             pool.set_when_empty(WhenEmpty.FAIL, reason)
 
+    def refuse_held(self, service: str, reason: str) -> None:
+        """The instance an autoscaled service's held requests wait for cannot come: answer
+        them now (503, saying why); the next requests are held again."""
+        pool = self.pools.get(service)
+        if pool is not None and service in self._autoscaled:
+            pool.refuse_waiting(reason)
+
     async def start(
         self, spec: ProxySpec, inherited: list[socket.socket] | None = None
     ) -> list[tuple[str, int]]:

@@ -164,3 +164,15 @@ async def test_a_place_in_line_counts_at_once_so_the_hold_bound_is_exact() -> No
     assert got is not None and got.in_flight == 1
     assert await pool.wait_granted(tickets[2], 0.01) is None  # limit 1: no room in time
     assert pool.queued == 0 and pool.load.count == 1  # the one on fn.1
+
+
+async def test_refused_waiters_say_why_and_later_ones_are_held_again() -> None:
+    pool, _ = _pool()
+    tickets = [pool.enqueue() for _ in range(2)]
+    pool.refuse_waiting("fn.1 failed at start")
+    assert [await pool.wait_granted(t, 5.0) for t in tickets] == [None, None]
+    assert [t.refusal for t in tickets] == ["fn.1 failed at start"] * 2
+    assert pool.queued == 0 and pool.when_empty is WhenEmpty.HOLD
+    later = pool.enqueue()
+    assert pool.queued == 1 and not later.refusal
+    pool.leave(later)

@@ -298,3 +298,20 @@ def test_a_burst_to_zero_then_one_request_starts_one_instance() -> None:
         counts.append(current)
     assert max(counts) == 4 and counts[18] == 0, counts  # the burst, then idle: zero
     assert counts[19] == 1, counts  # one request at zero: one instance, not the burst's 4
+
+
+def test_a_cold_start_whose_instances_failed_gives_up_at_once() -> None:
+    seen = Observation(
+        current=1,
+        ready=0,
+        stable=1.0,
+        panic=1.0,
+        demand=2,
+        held=2,
+        idle_for=None,
+        cold_start_for=0.4,
+        cold_start_error="fn.1 failed at start: exit 3",
+    )
+    failed = _decide(seen)
+    assert (failed.desired, failed.cold_start_failed, failed.forget) == (0, True, True)
+    assert failed.reason == "cold start failed: fn.1 failed at start: exit 3"

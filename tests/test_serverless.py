@@ -422,3 +422,22 @@ async def test_the_hold_bound_is_exact_under_a_flood(
         daemon.request_shutdown()  # the 20 held get their answer at once
         answers = await asyncio.gather(*flood)
         assert sum(1 for a in answers if b"the daemon is shutting down" in a[2]) == 20
+
+
+async def test_held_requests_learn_at_once_that_the_instance_failed_at_start(
+    tmp_path: Path,
+) -> None:
+    # It exits at once, every time: given up on (failed) long before cold_start_timeout.
+    text = _stack('min = 0, max = 2, cold_start_timeout = "60s"').replace(
+        f'command = ["{PY}", "{APPS / "slowweb.py"}"]',
+        f'command = ["{PY}", "-c", "raise SystemExit(3)"]',
+    )
+    async with _daemon(tmp_path, text) as (daemon, port):
+        answers = await asyncio.gather(*(_get(port, "/") for _ in range(3)))
+        assert [a[0] for a in answers] == [503] * 3, answers
+        for _, _, body in answers:
+            assert b"fn.1 failed at start" in body and b"became ready" not in body, body
+        await wait_until(lambda: not _live(daemon), timeout=20, what="nothing left running")
+        assert _scale(daemon)["desired"] == 0
+        events = _scale_events(daemon)
+        assert events[-1][1] == "0" and events[-1][2].startswith("cold start failed: fn.1"), events

@@ -317,14 +317,18 @@ class Autoscaler:
         seen = track.seen if track is not None else None
         latest = track.latest if track is not None else None
         reason = latest.reason if latest is not None else "starting"
-        if not service.autoscaling and latest is not None:
+        if service.stopped_by_order:
+            reason = f"stopped (corral start {service.name})"
+        elif not service.autoscaling and latest is not None:
             reason = f"not autoscaling ({service.phase.value}): {reason}"
         return ScaleStatus(
             min=spec.min,
             max=spec.max,
             desired=service.desired,
             ready=service.ready_count(),
-            mode=(latest.mode if latest is not None else Mode.STABLE).value,
+            mode=(
+                latest.mode if latest is not None and not service.stopped_by_order else Mode.STABLE
+            ).value,
             reason=reason,
             target=spec.target,
             in_flight=round(seen.stable, 3) if seen is not None else 0.0,

@@ -274,6 +274,18 @@ async def test_a_frozen_instance_resumes_and_answers(tmp_path: Path) -> None:
         await wait_until(
             lambda: [r["state"] for r in daemon.ps()] == ["frozen"], timeout=20, what="refrozen"
         )
+        # A restart at zero does not bring the frozen one back to life only for it to be
+        # frozen or stopped again: it goes, and the next request starts a fresh one.
+        starts = _starts(daemon)
+        await daemon.restart(["fn"])
+        await wait_until(lambda: not _live(daemon), what="the frozen instance gone")
+        assert [r["state"] for r in daemon.ps()] == ["idle"] and _starts(daemon) == starts
+        status, _, body = await _get(port, "/slow?ms=1")
+        assert status == 200 and json.loads(body)["pid"] != pid
+        # Frozen once more for the daemon's stop (thawed to see its stop signal).
+        await wait_until(
+            lambda: [r["state"] for r in daemon.ps()] == ["frozen"], timeout=20, what="frozen 3"
+        )
 
 
 async def test_a_service_stopped_by_order_refuses_at_once_and_start_holds_again(
@@ -290,8 +302,15 @@ async def test_a_service_stopped_by_order_refuses_at_once_and_start_holds_again(
         await wait_until(lambda: not _live(daemon), what="stopped")
         status, _, body = await _get(port, "/slow?ms=1")
         assert status == 503 and b"fn is stopped (corral start fn)" in body, body
-        assert _scale(daemon)["desired"] == 1  # not autoscaling, nothing started
+        scale = _scale(daemon)  # what runs: nothing, and why
+        assert (scale["desired"], scale["reason"]) == (0, "stopped (corral start fn)"), scale
+        starts = _starts(daemon)
         await daemon.start(["fn"])
+        await daemon.restart(["fn"])
+        # At zero and min 0, neither spawns an instance only for the autoscaler to stop it.
+        await wait_until(lambda: _scale(daemon)["reason"] == "idle", what="idle again")
+        assert _starts(daemon) == starts and not _live(daemon)
+        assert [r["state"] for r in daemon.ps()] == ["idle"]
         status, _, _ = await _get(port, "/slow?ms=1")
         assert status == 200
 

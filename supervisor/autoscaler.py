@@ -197,7 +197,8 @@ class Autoscaler:
         detail = f": {inst.detail}" if inst.detail else ""
         track.cold_error = f"{inst.name} failed at start{detail}"
         self._demand.refuse_held(service.name, track.cold_error)
-        self._step(service)
+        # Decided by the task, not here: this may run inside a resize (a spawn that failed).
+        self._wake.set()
 
     # --- the task -------------------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from .upstream import UpstreamConnection, connect
 
 if TYPE_CHECKING:
     from .backend import Backend
-    from .pool import Pool
+    from .pool import Pool, Ticket
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class Exchange:
     backend: Backend | None = None
     conn: UpstreamConnection | None = None
     task: asyncio.Task[None] | None = None  # waiting for a ready backend
+    ticket: tuple[Pool, Ticket] | None = None  # its place in that pool's line
     attempts = 0
     stale_retries = 0
     fresh_only = False  # the next attempt must not take a pooled connection
@@ -118,7 +119,7 @@ class Exchange:
                     waiting = f"{pool.max_held} requests are already waiting"
                     self.answer(NoBackend(f"no backend in pool {pool.name!r}: {waiting}"))
                 else:
-                    self.task = asyncio.get_running_loop().create_task(self._queue(pool, key))
+                    self._wait(pool, key)
                 return
             b.acquire()
         self.backend = b
@@ -138,15 +139,28 @@ class Exchange:
             # (cancelling could lose a connection that was established a moment earlier).
             ctx.spawn(self._connect(b))
 
-    async def _queue(self, pool: Pool, key: str | None) -> None:
+    def _wait(self, pool: Pool, key: str | None) -> None:
         # Held while an autoscaler starts a backend (up to its cold-start timeout), or queued
-        # while backends are on their way; either way served in arrival order.
+        # while backends are on their way; either way served in arrival order. The place in
+        # line is taken now, not in the task: every request parsed in this loop iteration
+        # must see the ones before it (the `max_held` bound).
         hold = pool.when_empty is WhenEmpty.HOLD
         limit = pool.hold_timeout if hold else self.client.ctx.queue_timeout
-        cold = pool.empty  # nothing to take it, rather than everything busy
         remaining = self.started + limit - time.monotonic()
-        b = await pool.wait_backend(remaining, key, self.tried) if remaining > 0 else None
-        self.task = None
+        if remaining <= 0:
+            self._not_granted(pool, hold, limit)
+            return
+        cold = pool.empty  # nothing to take it, rather than everything busy
+        self.ticket = (pool, pool.enqueue(key, self.tried))
+        self.task = asyncio.get_running_loop().create_task(
+            self._queue(pool, self.ticket[1], remaining, hold, limit, cold)
+        )
+
+    async def _queue(
+        self, pool: Pool, ticket: Ticket, remaining: float, hold: bool, limit: float, cold: bool
+    ) -> None:
+        b = await pool.wait_granted(ticket, remaining)
+        self.task = self.ticket = None
         if self.done:
             if b is not None:
                 b.release()
@@ -155,7 +169,13 @@ class Exchange:
             if cold and pool.cold_start_header:
                 self.cold_start = time.monotonic() - self.started
             self._dispatch(b)
-        elif pool.when_empty is WhenEmpty.FAIL:
+        elif ticket.refusal:
+            self.answer(NoBackend(f"no backend in pool {pool.name!r}: {ticket.refusal}"))
+        else:
+            self._not_granted(pool, hold, limit)
+
+    def _not_granted(self, pool: Pool, hold: bool, limit: float) -> None:
+        if pool.when_empty is WhenEmpty.FAIL:
             self._dispatch()  # (which answers at once when none can come)
         elif hold and pool.empty:
             self.answer(NoBackend(f"no instance of {pool.name!r} became ready within {limit:g}s"))
@@ -568,6 +588,10 @@ class Exchange:
         if self.done:
             return
         self.done = True
+        if self.ticket is not None:
+            # Its task may not have run yet (then nothing in it would give the place back).
+            self.ticket[0].leave(self.ticket[1])
+            self.ticket = None
         if self.task is not None:
             self.task.cancel()
             self.task = None

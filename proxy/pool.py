@@ -44,13 +44,16 @@ class WhenEmpty(enum.Enum):
     HOLD = "hold"  # an autoscaler starts one on demand: wait up to hold_timeout, telling it
 
 
-@dataclass(slots=True)
-class _Waiter:
-    """A request waiting for a backend: handed one (already acquired), or None."""
+@dataclass(slots=True, eq=False)
+class Ticket:
+    """A request's place in line for a backend: handed one (already acquired), or None."""
 
     future: asyncio.Future[Backend | None]
     key: str | None  # its hash key
     exclude: tuple[Backend, ...]  # backends it already tried
+    load: Load | None = None  # the counter it was added to (the pool's may be replaced)
+    left: bool = False
+    refusal: str = ""  # why it was answered without a backend (`refuse_waiting`)
 
 
 class Pool:
@@ -75,7 +78,7 @@ class Pool:
         self._active: tuple[Backend, ...] = ()
         self._next_expiry = math.inf
         self._waiters: list[asyncio.Future[None]] = []  # wait_ready
-        self._queue: collections.deque[_Waiter] = collections.deque()  # wait_backend, in order
+        self._queue: collections.deque[Ticket] = collections.deque()  # wait_backend, in order
         self.when_empty = WhenEmpty.QUEUE
         self.empty_reason = ""  # why no backend can come (WhenEmpty.FAIL)
         # Autoscaling (see `autoscale`); off: no limit, no count, nobody told.
@@ -184,6 +187,15 @@ class Pool:
         if when is WhenEmpty.FAIL:
             self._wake()
 
+    def refuse_waiting(self, reason: str) -> None:
+        """Answer every request in line now, without a backend, saying `reason` (the backend
+        they wait for cannot come); those arriving later wait as `when_empty` says."""
+        while self._queue:
+            waiter = self._queue.popleft()
+            if not waiter.future.done():
+                waiter.refusal = reason
+                waiter.future.set_result(None)
+
     def reconfigure(self, balance: Balance, hash_key: HashKey) -> None:
         """Switch strategy (config reload); in-flight requests are unaffected."""
         if balance is not self.balance:
@@ -231,40 +243,64 @@ class Pool:
         """As many requests wait as may (`max_held`): the next one is refused."""
         return 0 < self.max_held <= len(self._queue)
 
-    async def wait_backend(
-        self, timeout: float, key: str | None = None, exclude: Iterable[Backend] = ()
-    ) -> Backend | None:
-        """Wait up to `timeout` for a backend with room, behind those already waiting.
+    def enqueue(self, key: str | None = None, exclude: Iterable[Backend] = ()) -> Ticket:
+        """Take a place in line for a backend with room, now (synchronously, so `held_full`
+        counts it before the next request is judged); `wait_granted` then waits for it.
+
+        The ticket must end in `wait_granted` or `leave` (the request gave up before it
+        waited): either releases its place and the request's count in `load`.
+        """
+        fut: asyncio.Future[Backend | None] = asyncio.get_running_loop().create_future()
+        waiter = Ticket(fut, key, tuple(exclude))
+        self._queue.append(waiter)
+        if self.load is not None:
+            waiter.load = self.load
+            waiter.load.add(1)
+        if self.on_demand is not None:
+            self.on_demand()
+        self._grant()  # room may be there already (a limit with nobody ahead)
+        return waiter
+
+    async def wait_granted(self, ticket: Ticket, timeout: float) -> Backend | None:
+        """Wait up to `timeout` for `ticket`'s backend, behind those already waiting.
 
         Returns the backend, already acquired for this request (release it), or None: the
         time ran out, or the pool was told none can come (WhenEmpty.FAIL).
         """
-        fut: asyncio.Future[Backend | None] = asyncio.get_running_loop().create_future()
-        waiter = _Waiter(fut, key, tuple(exclude))
-        self._queue.append(waiter)
-        load = self.load
-        if load is not None:
-            load.add(1)
-        if self.on_demand is not None:
-            self.on_demand()
-        self._grant()  # room may be there already (a limit with nobody ahead)
         taken = False
         try:
             async with asyncio.timeout(timeout):
-                b = await fut
+                b = await ticket.future
             taken = True
             return b
         except TimeoutError:
             return None
         finally:
-            with contextlib.suppress(ValueError):
-                self._queue.remove(waiter)
-            if load is not None:
-                load.add(-1)
-            if not taken and fut.done() and not fut.cancelled():
-                granted = fut.result()
-                if granted is not None:
-                    granted.release()  # handed one just as it gave up: pass it on
+            self.leave(ticket, taken=taken)
+
+    def leave(self, ticket: Ticket, *, taken: bool = False) -> None:
+        """`ticket`'s request waits no more (idempotent); a backend handed to it just as it
+        gave up is passed on."""
+        if ticket.left:
+            return
+        ticket.left = True
+        with contextlib.suppress(ValueError):
+            self._queue.remove(ticket)
+        if ticket.load is not None:
+            ticket.load.add(-1)
+        fut = ticket.future
+        if not fut.done():
+            fut.cancel()
+        elif not taken and not fut.cancelled():
+            granted = fut.result()
+            if granted is not None:
+                granted.release()
+
+    async def wait_backend(
+        self, timeout: float, key: str | None = None, exclude: Iterable[Backend] = ()
+    ) -> Backend | None:
+        """`enqueue` then `wait_granted`: a backend with room within `timeout`, or None."""
+        return await self.wait_granted(self.enqueue(key, exclude), timeout)
 
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to `timeout` for some backend to become eligible; True if one is.

@@ -37,6 +37,10 @@ log = logging.getLogger(__name__)
 # Knative decides every 2 s; one machine can afford to look four times as often.
 TICK = 0.5
 # Cold starts take from milliseconds (a thaw) to seconds (an interpreter importing a framework).
+# States from which an instance may still get ready without an order.
+_COMING = frozenset(
+    {State.STARTING, State.READY, State.UNHEALTHY, State.RUNNING, State.CRASHED, State.BACKOFF}
+)
 COLD_START_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -57,6 +61,10 @@ class DemandSource(Protocol):
 
     def set_holding(self, service: str, holding: bool, reason: str = "") -> None:
         """Whether requests at zero are held (an instance will start) or refused at once."""
+        ...
+
+    def refuse_held(self, service: str, reason: str) -> None:
+        """The requests held now get a 503 at once, saying `reason`."""
         ...
 
 
@@ -102,6 +110,7 @@ class _Track:
     at: float = 0.0
     cold_since: float | None = None  # a start from zero began; nothing ready yet
     cold_kind: str = ""  # "start" (a new process) or "thaw" (a frozen one)
+    cold_error: str | None = None  # why the cold start cannot succeed (its instance failed)
     seen: Observation | None = None
     latest: Decision | None = None
     cold_starts: int = 0
@@ -146,6 +155,9 @@ class Autoscaler:
         track = self._tracks.get(inst.spec.name)
         if track is None:
             return
+        if new is State.FAILED and track.cold_since is not None:
+            self._cold_start_failed(inst)
+            return
         if new is State.CRASHED:
             track.crashed.add(inst.index)
             service = self._services().get(inst.spec.name)
@@ -172,6 +184,21 @@ class Autoscaler:
             took * 1000,
             inst.pid,
         )
+
+    def _cold_start_failed(self, inst: Instance) -> None:
+        """An instance failed while a cold start waits for it: if no other one can still get
+        ready, the held requests need not wait for `cold_start_timeout` to learn it."""
+        service = self._services().get(inst.spec.name)
+        track = self._tracks.get(inst.spec.name)
+        if service is None or service.spec.scale is None or track is None:
+            return
+        if any(i.state in _COMING for i in service.instances.values()):
+            return
+        detail = f": {inst.detail}" if inst.detail else ""
+        track.cold_error = f"{inst.name} failed at start{detail}"
+        self._demand.refuse_held(service.name, track.cold_error)
+        # Decided by the task, not here: this may run inside a resize (a spawn that failed).
+        self._wake.set()
 
     # --- the task -------------------------------------------------------------------------------
 
@@ -225,10 +252,13 @@ class Autoscaler:
             held=demand.held,
             idle_for=idle_for,
             cold_start_for=now - track.cold_since if track.cold_since is not None else None,
+            cold_start_error=track.cold_error if track.cold_since is not None else None,
             alive=max(up, default=0) if track.crashed else None,
         )
         decision = decide(spec, seen, track.state, now)
         track.state, track.seen, track.latest = decision.state, seen, decision
+        if decision.forget:
+            track.window.clear()
         if service.stopped_by_order:
             self._demand.set_holding(name, False, f"{name} is stopped (corral start {name})")
         elif service.phase not in (Phase.FAILED, Phase.STOPPED):
@@ -236,7 +266,7 @@ class Autoscaler:
         if not service.autoscaling:
             return  # stopped by an order, failed, or not brought up yet: nothing to act on
         if decision.cold_start_failed:
-            track.cold_since = None
+            track.cold_since, track.cold_error = None, None
             self._count(track, "cold_start_failed")
         freeze = spec.idle is IdleMode.FREEZE and not decision.cold_start_failed
         if decision.desired == current and not service.needs_resize(current, freeze=freeze):
@@ -288,14 +318,18 @@ class Autoscaler:
         seen = track.seen if track is not None else None
         latest = track.latest if track is not None else None
         reason = latest.reason if latest is not None else "starting"
-        if not service.autoscaling and latest is not None:
+        if service.stopped_by_order:
+            reason = f"stopped (corral start {service.name})"
+        elif not service.autoscaling and latest is not None:
             reason = f"not autoscaling ({service.phase.value}): {reason}"
         return ScaleStatus(
             min=spec.min,
             max=spec.max,
             desired=service.desired,
             ready=service.ready_count(),
-            mode=(latest.mode if latest is not None else Mode.STABLE).value,
+            mode=(
+                latest.mode if latest is not None and not service.stopped_by_order else Mode.STABLE
+            ).value,
             reason=reason,
             target=spec.target,
             in_flight=round(seen.stable, 3) if seen is not None else 0.0,

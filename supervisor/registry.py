@@ -103,12 +103,7 @@ class Registry:
             for name in changes.updated:
                 self._services[name].update(new.services[name])
             for name, count in changes.scaled.items():
-                if name in changes.rolled:
-                    continue
-                if new.services[name].scale is not None:
-                    # Autoscaled: its min changed; the autoscaler keeps the count within it.
-                    self._services[name].update(new.services[name])
-                else:
+                if name not in changes.rolled:
                     work.append(self._services[name].scale(count))
             for name in changes.removed:
                 work.append(self._remove(name))

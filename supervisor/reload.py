@@ -53,6 +53,8 @@ class PlanDiff:
     rebuilt: tuple[str, ...] = ()  # of those, rolled because their requirements changed
     updated: tuple[str, ...] = ()  # in-place change (routing, policies)
     scaled: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    # Of `updated`, autoscaled services whose `scale` changed: (min, max) now.
+    autoscaled: Mapping[str, tuple[int, int]] = field(default_factory=lambda: MappingProxyType({}))
     proxy_changed: bool = False
     needs_restart: tuple[str, ...] = ()  # daemon settings a reload cannot change
     errors: tuple[str, ...] = ()  # set once applied: the steps that failed
@@ -66,7 +68,13 @@ class PlanDiff:
             else f"~ {n}: changed, rolling restart"
             for n in self.rolled
         ]
-        out += [f"~ {n}: settings updated in place" for n in self.updated]
+        out += [
+            f"~ {n}: autoscaled {self.autoscaled[n][0]}-{self.autoscaled[n][1]}, "
+            "settings updated in place"
+            if n in self.autoscaled
+            else f"~ {n}: settings updated in place"
+            for n in self.updated
+        ]
         out += [f"~ {n}: scaling to {c}" for n, c in self.scaled.items()]
         if self.proxy_changed:
             out.append("~ proxy: settings updated")
@@ -96,13 +104,21 @@ def diff(old: Plan, new: Plan, venvs_changed: Collection[str] = ()) -> PlanDiff:
     rebuilt: list[str] = []
     updated: list[str] = []
     scaled: dict[str, int] = {}
-    for name in new.services:
+    autoscaled: dict[str, tuple[int, int]] = {}
+    for name, spec in new.services.items():
         if name not in old.services:
             continue
-        changed = _changed_fields(old.services[name], new.services[name])
-        if "instances" in changed:
-            scaled[name] = new.services[name].instances
-            changed.discard("instances")
+        was = old.services[name]
+        changed = _changed_fields(was, spec)
+        if spec.scale is None and ("instances" in changed or was.scale is not None):
+            # A fixed count, also when `scale` was just removed: an autoscaled spec says
+            # instances = scale.min, which may equal the new count while more instances run.
+            scaled[name] = spec.instances
+        elif spec.scale is not None and "scale" in changed:
+            # The autoscaler keeps the count within the new min and max (no `scaling to`:
+            # what it runs is its decision, not scale.min).
+            autoscaled[name] = (spec.scale.min, spec.scale.max)
+        changed.discard("instances")
         if changed & PROCESS_FIELDS:
             rolled.append(name)
         elif name in venvs_changed:
@@ -128,6 +144,7 @@ def diff(old: Plan, new: Plan, venvs_changed: Collection[str] = ()) -> PlanDiff:
         rebuilt=tuple(rebuilt),
         updated=tuple(updated),
         scaled=MappingProxyType(scaled),
+        autoscaled=MappingProxyType(autoscaled),
         proxy_changed=old.proxy != new.proxy,
         needs_restart=tuple(needs_restart),
     )
@@ -170,9 +187,22 @@ class Reloader:
             except config.ConfigError as exc:
                 daemon.events.emit(Event("reload", new="rejected", detail=str(exc)))
                 raise SupervisorError(f"config not reloaded, nothing changed: {exc}") from exc
+            before = {name: service.desired for name, service in daemon.services.items()}
             changes = await daemon.apply_plan(new)
         finally:
             daemon.notifier.reloaded()
+        for name, service in daemon.services.items():
+            # A count the reload moved is a scale decision like any other (`corral events`).
+            if name in before and service.desired != before[name]:
+                daemon.events.emit(
+                    Event(
+                        "scale",
+                        service=name,
+                        old=str(before[name]),
+                        new=str(service.desired),
+                        detail="reload",
+                    )
+                )
         daemon.events.emit(Event("reload", new="applied", detail="; ".join(changes.lines())))
         if changes.errors:
             raise SupervisorError("reload applied with errors: " + "; ".join(changes.errors))

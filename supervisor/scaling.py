@@ -10,10 +10,16 @@ Knative's KPA, on one machine (docs/serverless.md):
 - panic starts when the panic window wants `panic_threshold` times the ready instances (at
   least one counted), and lasts until a whole stable window passed without that; while
   panicking the count follows the panic window and never goes down;
-- Corral's own rules around zero: a request in flight or held always has an instance; the last
-  instance goes only after `idle_timeout` without any request (counted from the last request,
-  not from the last scale-up); a cold start that has no ready instance after
-  `cold_start_timeout` gives up (back to `min`, so nothing is left running);
+- no traffic (nothing in flight or held for `idle_timeout`, counted from the end of the last
+  request, not from the last scale-up) ends a panic, as Knative's ends once its window shows
+  no excess: the count goes straight to `min` (nothing asks for the instances, so not half at
+  a time), and both windows and the panic state are forgotten;
+- at zero only a request starts something: as many instances as the requests waiting need,
+  ceil(waiting / target), at least one (Knative's activator-driven 0 -> N), never what the
+  windows remember of a burst before the service went to zero;
+- a cold start that has no ready instance after `cold_start_timeout`, or whose instances all
+  failed (crashed at start until given up on), gives up (back to `min`, so nothing is left
+  running), and its windows and panic state are forgotten too;
 - an instance that crashes while no request is under way is not restarted (unless `min` needs
   it): a crash at zero traffic must not become a restart loop; the next request starts one;
 - the result is clamped to `min` … `max`.
@@ -98,6 +104,7 @@ class Observation:
     held: int  # of those, held by the proxy for want of an instance
     idle_for: float | None  # seconds since the last request ended (None: one is in flight)
     cold_start_for: float | None = None  # seconds a cold start has waited for a ready instance
+    cold_start_error: str | None = None  # why it cannot succeed (its instances failed)
     # Instances 1 … alive are not down after a crash (None: all of them): with no request
     # under way, crashed ones above that are not restarted.
     alive: int | None = None
@@ -114,18 +121,54 @@ class Decision:
     wanted_stable: int  # ceil(stable / target), before min/max and the zero rules
     wanted_panic: int
     cold_start_failed: bool = False
+    forget: bool = False  # the windows' history is no reason any more: clear it
 
 
 def decide(spec: ScaleSpec, seen: Observation, state: ScaleState, now: float) -> Decision:
     """The desired count for `seen` at `now`, with the KPA's stable and panic modes."""
-    ready = max(1, seen.ready)
-    max_down = math.floor(ready / MAX_SCALE_DOWN_RATE)
     wanted_stable = math.ceil(_clean(seen.stable) / spec.target)
     wanted_panic = math.ceil(_clean(seen.panic) / spec.target)
+
+    def afresh(desired: int, reason: str, failed: bool = False) -> Decision:
+        # No traffic, or nothing came of it: panic ends and the windows' past is forgotten,
+        # so the next request is judged on itself, not on a burst long over.
+        return Decision(
+            desired,
+            Mode.STABLE,
+            reason,
+            ScaleState(),
+            wanted_stable,
+            wanted_panic,
+            cold_start_failed=failed,
+            forget=True,
+        )
+
+    if seen.cold_start_for is not None and seen.ready == 0:
+        if seen.cold_start_error:
+            return afresh(spec.min, f"cold start failed: {seen.cold_start_error}", True)
+        if seen.cold_start_for >= spec.cold_start_timeout:
+            waited = format_duration(spec.cold_start_timeout)
+            return afresh(spec.min, f"cold start failed: no instance ready after {waited}", True)
+    if seen.current == 0:
+        if seen.demand == 0:
+            # At zero, only a request starts something.
+            return afresh(spec.min, "idle" if spec.min == 0 else _at_min(spec))
+        # Knative's activator-driven 0 -> N: as many as the requests waiting need, at least one.
+        desired = _clamp(spec, math.ceil(seen.demand / spec.target))
+        held = f"{seen.held} request{'s' if seen.held != 1 else ''} held"
+        return afresh(desired, f"cold start: {held}" if seen.held else "cold start")
+    if _idle_over(spec, seen):
+        # Nothing in flight or held for idle_timeout: no traffic, which ends a panic too (its
+        # window shows no excess); straight down to min, nothing is asking for the instances.
+        if spec.min < seen.current:
+            return afresh(spec.min, f"idle for {format_duration(spec.idle_timeout)}")
+        return afresh(spec.min, _at_min(spec))
+
+    ready = max(1, seen.ready)
+    max_down = math.floor(ready / MAX_SCALE_DOWN_RATE)
     stable_count = max(wanted_stable, max_down)
     panic_count = max(wanted_panic, max_down)
     over = wanted_panic / ready >= spec.panic_threshold
-
     panic_since, most = state.panic_since, state.panic_count
     if over:
         if panic_since is None:
@@ -140,31 +183,20 @@ def decide(spec: ScaleSpec, seen: Observation, state: ScaleState, now: float) ->
         mode, wanted = Mode.STABLE, stable_count
     next_state = ScaleState(panic_since, most if panic_since is not None else 0)
 
-    def done(desired: int, reason: str, failed: bool = False) -> Decision:
-        return Decision(
-            desired, mode, reason, next_state, wanted_stable, wanted_panic, cold_start_failed=failed
-        )
+    def done(desired: int, reason: str) -> Decision:
+        return Decision(desired, mode, reason, next_state, wanted_stable, wanted_panic)
 
-    if (
-        seen.cold_start_for is not None
-        and seen.ready == 0
-        and seen.cold_start_for >= spec.cold_start_timeout
-    ):
-        waited = format_duration(spec.cold_start_timeout)
-        return done(spec.min, f"cold start failed: no instance ready after {waited}", True)
-    if seen.current == 0 and seen.demand == 0:
-        # At zero, only a request starts something: the windows' past is no reason.
-        return done(spec.min, "idle" if spec.min == 0 else _at_min(spec))
-    if _idle_over(spec, seen):
-        wanted = 0  # no request for idle_timeout: straight down to min
-    else:
-        wanted = max(wanted, 1)  # a request has an instance; the last one stays until idle
-    desired = min(max(wanted, spec.min), spec.max)
+    # A request has an instance; the last one stays until idle.
+    desired = _clamp(spec, max(wanted, 1))
     if seen.demand == 0 and seen.alive is not None and desired > max(seen.alive, spec.min):
         # Restarting what crashed while nothing asked for it would be a loop at zero traffic.
         desired = max(seen.alive, spec.min)
         return done(desired, "crashed with no request waiting: not restarted")
     return done(desired, _reason(spec, seen, mode, desired))
+
+
+def _clamp(spec: ScaleSpec, wanted: int) -> int:
+    return min(max(wanted, spec.min), spec.max)
 
 
 def _idle_over(spec: ScaleSpec, seen: Observation) -> bool:
@@ -182,13 +214,6 @@ def _at_min(spec: ScaleSpec) -> str:
 
 def _reason(spec: ScaleSpec, seen: Observation, mode: Mode, desired: int) -> str:
     target = f"target {spec.target:g}"
-    if desired == 0:
-        if seen.current > 0 and _idle_over(spec, seen):
-            return f"idle for {format_duration(spec.idle_timeout)}"
-        return "idle"
-    if seen.current == 0:
-        held = f"{seen.held} request{'s' if seen.held != 1 else ''} held"
-        return f"cold start: {held}" if seen.held else "cold start"
     if mode is Mode.PANIC:
         observed = f"{seen.panic:.1f} in flight over {format_duration(spec.panic_window)}"
         return f"panic: {observed} vs {target} on {seen.ready} ready"

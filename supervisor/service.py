@@ -438,6 +438,8 @@ class Service:
         async with self._lock:
             if indexes is None:
                 self._stopped_by_order = True  # no autoscaling until `corral start`
+                if self._spec.scale is not None:
+                    self._desired = 0  # what runs now; `corral start` begins again from min
             targets = self._pick(indexes)
             await asyncio.gather(*(inst.stop() for inst in targets))
 
@@ -452,6 +454,10 @@ class Service:
             self._phase = Phase.RUNNING
             if indexes is None:
                 self._stopped_by_order = False
+                if self._spec.scale is not None:
+                    # From min, as at daemon start: the autoscaler starts what requests need.
+                    self._desired = max(self._desired, self._spec.scale.min)
+                    await self._drop_unwanted()
                 for index in range(1, self._desired + 1):
                     if index not in self._instances:
                         self._spawn(index)
@@ -472,6 +478,8 @@ class Service:
                 raise SupervisorError(
                     f"{self.name}: not restarted, the running instances keep {kept}: {self._error}"
                 )
+            if indexes is None and self._spec.scale is not None:
+                await self._drop_unwanted()
             targets = self._pick(indexes)
             if not rolling or self._spec.oneshot:
                 await asyncio.gather(*(inst.stop() for inst in targets))
@@ -485,6 +493,12 @@ class Service:
                 if inst.state not in _SERVING and inst.state is not State.STARTING:
                     await self._revive(inst)
             await self._roll([i for i in targets if i.state in _SERVING])
+
+    async def _drop_unwanted(self) -> None:
+        """An autoscaled service's instances past its count (stopped by an order, or frozen
+        at zero) go, rather than being started only for the autoscaler to stop them again."""
+        extra = [self._instances.pop(i) for i in sorted(self._instances) if i > self._desired]
+        await self._stop_instances(extra)
 
     async def _roll(self, targets: list[Instance]) -> None:
         self._phase = Phase.ROLLING

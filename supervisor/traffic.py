@@ -46,6 +46,7 @@ class Traffic:
         self._alive: dict[str, set[str]] = {}  # service → instances not stopped/failed/done
         self._autoscaled: set[str] = set()
         self.on_demand: Callable[[str], None] | None = None  # the autoscaler's `activate`
+        self._closing = False  # the daemon is shutting down: no pool holds or queues again
 
     def configure(self, plan: Plan, instances: Iterable[Instance] = ()) -> None:
         """Create/reuse pools for routed services and swap routes atomically (reload-safe).
@@ -90,7 +91,7 @@ class Traffic:
             cold_start_header=scale.cold_start_header,
             on_demand=lambda: self._demanded(name),
         )
-        if pool.when_empty is not WhenEmpty.FAIL:
+        if pool.when_empty is not WhenEmpty.FAIL and not self._closing:
             pool.set_when_empty(WhenEmpty.HOLD)
 
     def _demanded(self, name: str) -> None:
@@ -115,12 +116,19 @@ class Traffic:
         """An autoscaled service can start instances on demand (hold requests at zero), or
         cannot (stopped by an order: answer 503 at once, saying why)."""
         pool = self.pools.get(service)
-        if pool is None or service not in self._autoscaled:
+        if pool is None or service not in self._autoscaled or self._closing:
             return
         if holding and pool.when_empty is not WhenEmpty.HOLD:
             pool.set_when_empty(WhenEmpty.HOLD)
         elif not holding and pool.when_empty is not WhenEmpty.FAIL:
             pool.set_when_empty(WhenEmpty.FAIL, reason)
+
+    def refuse_held(self, service: str, reason: str) -> None:
+        """The instance an autoscaled service's held requests wait for cannot come: answer
+        them now (503, saying why); the next requests are held again."""
+        pool = self.pools.get(service)
+        if pool is not None and service in self._autoscaled:
+            pool.refuse_waiting(reason)
 
     async def start(
         self, spec: ProxySpec, inherited: list[socket.socket] | None = None
@@ -138,6 +146,11 @@ class Traffic:
         return self.addresses
 
     async def stop(self, grace: float) -> None:
+        """Stop the proxy: requests held or queued for a backend are answered 503 now (no
+        instance will come for them), those under way get up to `grace` to finish."""
+        self._closing = True
+        for pool in self.pools.values():
+            pool.set_when_empty(WhenEmpty.FAIL, "the daemon is shutting down")
         if self.server is not None:
             await self.server.stop(grace)
             self.server = None
@@ -151,6 +164,20 @@ class Traffic:
         pool = self.pools.get(inst.spec.name)
         if pool is None or inst.port is None or self.server is None:
             return  # no proxy (any more: at shutdown it stops before the instances)
+        self._follow(pool, inst, new, alive)
+        members = self._members.setdefault(inst.spec.name, set())
+        if new is State.READY:
+            self._join(inst)
+        elif new in (State.UNHEALTHY, State.FROZEN) and inst.key in members:
+            pool.set_ready(inst.key, False)
+        elif new in _GONE and inst.key in members:
+            pool.remove(inst.key)
+            members.discard(inst.key)
+
+    def _follow(self, pool: Pool, inst: Instance, new: State, alive: set[str]) -> None:
+        """What `pool` does while empty, after `inst` went to `new`."""
+        if self._closing:
+            return  # shutting down: it answers 503 when nothing can take a request (stop)
         if inst.spec.name in self._autoscaled:
             # At zero the autoscaler starts one on demand: its pool holds, unless the service
             # was stopped by an order (set_holding); one starting (`corral start`) is awaited.
@@ -162,14 +189,6 @@ class Traffic:
         elif new in FINAL and not alive:
             detail = f" ({inst.detail})" if inst.detail else ""
             pool.set_when_empty(WhenEmpty.FAIL, f"{inst.name} is {new.value}{detail}")
-        members = self._members.setdefault(inst.spec.name, set())
-        if new is State.READY:
-            self._join(inst)
-        elif new in (State.UNHEALTHY, State.FROZEN) and inst.key in members:
-            pool.set_ready(inst.key, False)
-        elif new in _GONE and inst.key in members:
-            pool.remove(inst.key)
-            members.discard(inst.key)
 
     def service_failed(self, name: str, reason: str) -> None:
         """`name` cannot run (its venv or a dependency failed): its pool answers 503 at once."""

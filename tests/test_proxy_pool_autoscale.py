@@ -142,3 +142,37 @@ def test_load_on_its_own() -> None:
     t[0] = 2.0
     load.add(-3)
     assert (load.busy_at(5.0), load.count, load.idle_since) == (6.0, 0, 2.0)
+
+
+async def test_a_place_in_line_counts_at_once_so_the_hold_bound_is_exact() -> None:
+    # Requests parsed in one loop iteration each take their place before any task runs: the
+    # fourth sees the three before it (max_held = 3), not an empty line.
+    pool, demanded = _pool()
+    tickets = []
+    for _ in range(3):
+        assert not pool.held_full
+        tickets.append(pool.enqueue())
+    assert pool.held_full and pool.queued == 3 and len(demanded) == 3
+    assert pool.load is not None and pool.load.count == 3
+    # A request that gives up before its wait ever ran gives its place back (once).
+    pool.leave(tickets[0])
+    pool.leave(tickets[0])
+    assert not pool.held_full and pool.queued == 2 and pool.load.count == 2
+    pool.add("fn.1", "127.0.0.1", 9001)
+    pool.set_ready("fn.1", True)  # the first still in line gets it, already acquired
+    got = await pool.wait_granted(tickets[1], 5.0)
+    assert got is not None and got.in_flight == 1
+    assert await pool.wait_granted(tickets[2], 0.01) is None  # limit 1: no room in time
+    assert pool.queued == 0 and pool.load.count == 1  # the one on fn.1
+
+
+async def test_refused_waiters_say_why_and_later_ones_are_held_again() -> None:
+    pool, _ = _pool()
+    tickets = [pool.enqueue() for _ in range(2)]
+    pool.refuse_waiting("fn.1 failed at start")
+    assert [await pool.wait_granted(t, 5.0) for t in tickets] == [None, None]
+    assert [t.refusal for t in tickets] == ["fn.1 failed at start"] * 2
+    assert pool.queued == 0 and pool.when_empty is WhenEmpty.HOLD
+    later = pool.enqueue()
+    assert pool.queued == 1 and not later.refusal
+    pool.leave(later)

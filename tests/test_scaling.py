@@ -221,3 +221,97 @@ def test_a_crash_with_no_request_under_way_is_not_restarted() -> None:
     spec = ScaleSpec(min=2, max=4, target=10)
     seen = _seen(2, ready=1, demand=0, idle_for=1.0, alive=0)
     assert decide(spec, seen, ScaleState(), 100.0).desired == 2
+
+
+def test_no_traffic_ends_a_panic_and_goes_to_min_forgetting_the_burst() -> None:
+    spec = ScaleSpec(min=0, max=4, target=2, window=10.0, idle_timeout=3.0)
+    panicking = decide(spec, _seen(1, stable=1.0, panic=12.0), ScaleState(), 100.0)
+    assert (panicking.desired, panicking.mode) == (4, Mode.PANIC)
+    # The burst is over but requests still come now and then: panic keeps the count.
+    quiet = decide(spec, _seen(4, stable=6.0, panic=0.5, demand=1), panicking.state, 102.0)
+    assert (quiet.desired, quiet.mode) == (4, Mode.PANIC)
+    pause = decide(spec, _seen(4, stable=6.0, panic=0.0, demand=0, idle_for=2.0), quiet.state, 103)
+    assert (pause.desired, pause.mode) == (4, Mode.PANIC) and not pause.forget
+    # Nothing in flight or held for idle_timeout: no traffic, which ends the panic.
+    idle = decide(spec, _seen(4, stable=6.0, panic=0.0, demand=0, idle_for=3.0), pause.state, 104)
+    assert (idle.desired, idle.mode, idle.state) == (0, Mode.STABLE, ScaleState())
+    assert idle.reason == "idle for 3s" and idle.forget
+    # With a min, the same: straight down to it.
+    floor = ScaleSpec(min=1, max=4, target=2, window=10.0, idle_timeout=3.0)
+    seen = _seen(4, stable=6.0, panic=0.0, demand=0, idle_for=3.0)
+    to_min = decide(floor, seen, pause.state, 104.0)
+    assert (to_min.desired, to_min.mode, to_min.reason) == (1, Mode.STABLE, "idle for 3s")
+    steady = decide(floor, _seen(1, demand=0, idle_for=9.0), to_min.state, 110.0)
+    assert (steady.desired, steady.reason) == (1, "at min 1")
+
+
+def test_a_cold_start_wants_what_is_held_whatever_came_before() -> None:
+    spec = ScaleSpec(min=0, max=4, target=2, window=10.0, idle_timeout=3.0)
+    burst = decide(spec, _seen(1, stable=1.0, panic=12.0), ScaleState(), 100.0)
+    assert burst.mode is Mode.PANIC
+    # Even handed a panic state and windows that still remember the burst (the autoscaler
+    # clears them on `forget`), one held request starts one instance, not `max`.
+    one = decide(spec, _seen(0, ready=0, stable=6.9, panic=6.9, held=1, demand=1), burst.state, 101)
+    assert (one.desired, one.mode, one.state) == (1, Mode.STABLE, ScaleState())
+    assert one.reason == "cold start: 1 request held" and one.forget
+    five = decide(spec, _seen(0, ready=0, held=5, demand=5), ScaleState(), 101.0)
+    assert (five.desired, five.reason) == (3, "cold start: 5 requests held")  # ceil(5 / 2)
+    assert decide(spec, _seen(0, ready=0, held=50, demand=50), ScaleState(), 101.0).desired == 4
+
+
+def test_a_failed_cold_start_forgets_its_panic() -> None:
+    spec = ScaleSpec(min=0, max=4, target=2, cold_start_timeout=3.0)
+    panic = ScaleState(panic_since=100.0, panic_count=2)
+    failed = decide(spec, _seen(2, ready=0, held=8, cold_start_for=3.0), panic, 103.0)
+    assert (failed.desired, failed.mode, failed.state) == (0, Mode.STABLE, ScaleState())
+    assert failed.cold_start_failed and failed.forget
+    # The next request starts what it needs, one instance.
+    again = decide(spec, _seen(0, ready=0, held=1), failed.state, 104.0)
+    assert again.desired == 1
+
+
+def test_a_burst_to_zero_then_one_request_starts_one_instance() -> None:
+    """As the autoscaler runs it: windows cleared on `forget`, ticks every 0.5 s."""
+    spec = ScaleSpec(min=0, max=4, target=2, window=10.0, panic_window=1.0, idle_timeout=3.0)
+    window = ConcurrencyWindow(keep=spec.window)
+    state, current, last_busy = ScaleState(), 1, 0.0
+    counts = []
+    for tick in range(20):
+        t = tick * 0.5
+        load = 16.0 if t < 4 else (1.0 if t == 9.5 else 0.0)
+        window.record(t, 0.5, load)
+        if load:
+            last_busy = t
+        seen = Observation(
+            current=current,
+            ready=current,
+            stable=window.average(t, spec.window),
+            panic=window.average(t, spec.panic_window),
+            demand=int(load),
+            held=int(load) if current == 0 else 0,
+            idle_for=None if load else t - last_busy,
+        )
+        decision = decide(spec, seen, state, t)
+        if decision.forget:
+            window.clear()
+        state, current = decision.state, decision.desired
+        counts.append(current)
+    assert max(counts) == 4 and counts[18] == 0, counts  # the burst, then idle: zero
+    assert counts[19] == 1, counts  # one request at zero: one instance, not the burst's 4
+
+
+def test_a_cold_start_whose_instances_failed_gives_up_at_once() -> None:
+    seen = Observation(
+        current=1,
+        ready=0,
+        stable=1.0,
+        panic=1.0,
+        demand=2,
+        held=2,
+        idle_for=None,
+        cold_start_for=0.4,
+        cold_start_error="fn.1 failed at start: exit 3",
+    )
+    failed = _decide(seen)
+    assert (failed.desired, failed.cold_start_failed, failed.forget) == (0, True, True)
+    assert failed.reason == "cold start failed: fn.1 failed at start: exit 3"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import shutil
 import time
 from collections.abc import AsyncIterator
@@ -147,7 +148,10 @@ async def test_a_burst_scales_out_then_back_in_to_zero_without_a_failure(tmp_pat
             await asyncio.gather(*clients)
         assert statuses and set(statuses) == {200}, sorted(set(statuses))
         ups = [e for e in _scale_events(daemon) if int(e[1] or 0) > int(e[0] or 0)]
-        assert len(ups) >= 2 and any("in flight" in e[2] for e in ups), ups
+        # At zero the held requests say how many to start (ceil(held / target)); a burst on
+        # those running scales out further.
+        assert ups and max(int(e[1] or 0) for e in ups) >= 3, ups
+        assert ups[0][2].startswith("cold start:") and "in flight" in ups[0][2], ups
 
         # No requests: down (draining first), and after idle_timeout to zero, nothing left.
         await wait_until(
@@ -270,6 +274,18 @@ async def test_a_frozen_instance_resumes_and_answers(tmp_path: Path) -> None:
         await wait_until(
             lambda: [r["state"] for r in daemon.ps()] == ["frozen"], timeout=20, what="refrozen"
         )
+        # A restart at zero does not bring the frozen one back to life only for it to be
+        # frozen or stopped again: it goes, and the next request starts a fresh one.
+        starts = _starts(daemon)
+        await daemon.restart(["fn"])
+        await wait_until(lambda: not _live(daemon), what="the frozen instance gone")
+        assert [r["state"] for r in daemon.ps()] == ["idle"] and _starts(daemon) == starts
+        status, _, body = await _get(port, "/slow?ms=1")
+        assert status == 200 and json.loads(body)["pid"] != pid
+        # Frozen once more for the daemon's stop (thawed to see its stop signal).
+        await wait_until(
+            lambda: [r["state"] for r in daemon.ps()] == ["frozen"], timeout=20, what="frozen 3"
+        )
 
 
 async def test_a_service_stopped_by_order_refuses_at_once_and_start_holds_again(
@@ -286,8 +302,15 @@ async def test_a_service_stopped_by_order_refuses_at_once_and_start_holds_again(
         await wait_until(lambda: not _live(daemon), what="stopped")
         status, _, body = await _get(port, "/slow?ms=1")
         assert status == 503 and b"fn is stopped (corral start fn)" in body, body
-        assert _scale(daemon)["desired"] == 1  # not autoscaling, nothing started
+        scale = _scale(daemon)  # what runs: nothing, and why
+        assert (scale["desired"], scale["reason"]) == (0, "stopped (corral start fn)"), scale
+        starts = _starts(daemon)
         await daemon.start(["fn"])
+        await daemon.restart(["fn"])
+        # At zero and min 0, neither spawns an instance only for the autoscaler to stop it.
+        await wait_until(lambda: _scale(daemon)["reason"] == "idle", what="idle again")
+        assert _starts(daemon) == starts and not _live(daemon)
+        assert [r["state"] for r in daemon.ps()] == ["idle"]
         status, _, _ = await _get(port, "/slow?ms=1")
         assert status == 200
 
@@ -300,7 +323,9 @@ async def test_a_reload_moves_min_and_can_turn_autoscaling_off(tmp_path: Path) -
         await wait_until(lambda: _scale(daemon)["reason"] == "idle", what="idle at zero")
         path = daemon.plan.path
         path.write_text(_stack('min = 1, max = 3, idle_timeout = "30s"'))
-        await daemon.reload()
+        changes = await daemon.reload()
+        assert changes["changes"] == ["~ fn: autoscaled 1-3, settings updated in place"]
+        assert _scale_events(daemon)[-1] == ("0", "1", "reload")
         # No request: min alone brings one up.
         await wait_until(lambda: _scale(daemon)["ready"] == 1, timeout=20, what="min 1 ready")
         path.write_text(_stack("").replace("scale = {  }", "instances = 2"))
@@ -313,6 +338,74 @@ async def test_a_reload_moves_min_and_can_turn_autoscaling_off(tmp_path: Path) -
         assert "autoscale" not in daemon.status()["services"]["fn"]
         await wait_until(lambda: daemon.autoscaler_metrics() == "", what="no longer followed")
         assert (await _get(port, "/slow?ms=1"))[0] == 200
+
+
+async def test_a_reload_to_fixed_instances_below_the_autoscaled_count_scales_in(
+    tmp_path: Path,
+) -> None:
+    # Autoscaled from min 1 up to max 2, then `scale` replaced by `instances = 1`: the
+    # autoscaled spec already says instances = scale.min = 1, so the diff sees no count change.
+    scale = 'min = 1, max = 2, target = 1, window = "30s", idle_timeout = "60s"'
+    async with _daemon(tmp_path, _stack(scale)) as (daemon, port):
+        await wait_until(lambda: _scale(daemon)["ready"] == 1, timeout=20, what="min 1 ready")
+        sent = [asyncio.create_task(_get(port, "/slow?ms=1500")) for _ in range(6)]
+        await wait_until(lambda: _scale(daemon)["ready"] == 2, timeout=20, what="two ready")
+        assert [a[0] for a in await asyncio.gather(*sent)] == [200] * 6
+        assert _scale(daemon)["desired"] == 2  # the 30 s window still wants both
+        daemon.plan.path.write_text(_stack("").replace("scale = {  }", "instances = 1"))
+        changes = await daemon.reload()
+        assert "~ fn: scaling to 1" in changes["changes"], changes
+        await wait_until(
+            lambda: [(r["name"], r["state"]) for r in daemon.ps()] == [("fn.1", "ready")],
+            timeout=20,
+            what="one fixed instance",
+        )
+        assert daemon.services["fn"].desired == 1
+        assert _scale_events(daemon)[-1] == ("2", "1", "reload")
+        assert (await daemon.reload())["changes"] == []  # nothing left to do
+        assert (await _get(port, "/slow?ms=1"))[0] == 200
+
+
+async def test_after_a_burst_one_request_at_zero_starts_one_instance(tmp_path: Path) -> None:
+    # idle_timeout well inside the window: at zero the window still remembers the burst, and
+    # a panic may still be on; neither may count for the next request.
+    scale = 'min = 0, max = 4, target = 1, window = "10s", panic_window = "1s", idle_timeout = "1s"'
+    async with _daemon(tmp_path, _stack(scale)) as (daemon, port):
+        answers = await asyncio.gather(*(_get(port, "/slow?ms=400") for _ in range(12)))
+        assert [a[0] for a in answers] == [200] * 12
+        assert max(int(e[1] or 0) for e in _scale_events(daemon)) >= 2
+        await wait_until(
+            lambda: _scale(daemon)["desired"] == 0 and not _live(daemon),
+            timeout=30,
+            what="back to zero",
+        )
+        to_zero = _scale_events(daemon)[-1]
+        assert to_zero[1] == "0" and "idle for 1s (stable;" in to_zero[2], to_zero
+        assert "(panic;" not in to_zero[2], to_zero  # no traffic ended the panic
+        assert _scale(daemon)["mode"] == "stable"
+
+        assert (await _get(port, "/slow?ms=1"))[0] == 200
+        cold = _scale_events(daemon)[-1]
+        assert cold[:2] == ("0", "1") and cold[2].startswith("cold start: 1 request held"), cold
+        await wait_until(lambda: _scale(daemon)["ready"] == 1, what="one ready")
+        assert _scale(daemon)["desired"] == 1 and len(_live(daemon)) == 1
+
+
+async def test_shutdown_answers_held_requests_at_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="proxy.server")
+    text = _stack('min = 0, max = 2, cold_start_timeout = "30s"', 'START_DELAY = "30"')
+    async with _daemon(tmp_path, text) as (daemon, port):
+        pool = daemon.traffic.pools["fn"]
+        held = [asyncio.create_task(_get(port, f"/slow?ms=1&i={i}")) for i in range(6)]
+        await wait_until(lambda: pool.queued == 6, what="six requests held")
+        daemon.request_shutdown()
+        answers = await asyncio.gather(*held)
+        assert [a[0] for a in answers] == [503] * 6, answers
+        assert all(b"the daemon is shutting down" in a[2] for a in answers), answers
+    # Nothing was left for the proxy's grace to wait on.
+    assert not [r for r in caplog.records if "still open" in r.getMessage()]
 
 
 async def test_held_requests_are_forwarded_in_arrival_order(tmp_path: Path) -> None:
@@ -328,3 +421,42 @@ async def test_held_requests_are_forwarded_in_arrival_order(tmp_path: Path) -> N
         answers = await asyncio.gather(*sent)
         assert [a[0] for a in answers] == [200] * 5, answers
         assert [json.loads(a[2])["seq"] for a in answers] == [1, 2, 3, 4, 5]
+
+
+async def test_the_hold_bound_is_exact_under_a_flood(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Many requests parsed in one loop iteration: each must see the places taken before it.
+    monkeypatch.setattr("supervisor.traffic.MAX_HELD", 20)
+    text = _stack('min = 0, max = 1, cold_start_timeout = "30s"', 'START_DELAY = "30"')
+    async with _daemon(tmp_path, text) as (daemon, port):
+        pool = daemon.traffic.pools["fn"]
+        flood = [asyncio.create_task(_get(port, f"/slow?ms=1&i={i}")) for i in range(80)]
+        await wait_until(
+            lambda: sum(1 for t in flood if t.done()) == 60, timeout=20, what="60 refused"
+        )
+        refused = [t.result() for t in flood if t.done()]
+        assert all(a[0] == 503 and b"20 requests are already waiting" in a[2] for a in refused)
+        assert pool.queued == 20  # 60 refused + 20 held: never one more than the bound
+        daemon.request_shutdown()  # the 20 held get their answer at once
+        answers = await asyncio.gather(*flood)
+        assert sum(1 for a in answers if b"the daemon is shutting down" in a[2]) == 20
+
+
+async def test_held_requests_learn_at_once_that_the_instance_failed_at_start(
+    tmp_path: Path,
+) -> None:
+    # It exits at once, every time: given up on (failed) long before cold_start_timeout.
+    text = _stack('min = 0, max = 2, cold_start_timeout = "60s"').replace(
+        f'command = ["{PY}", "{APPS / "slowweb.py"}"]',
+        f'command = ["{PY}", "-c", "raise SystemExit(3)"]',
+    )
+    async with _daemon(tmp_path, text) as (daemon, port):
+        answers = await asyncio.gather(*(_get(port, "/") for _ in range(3)))
+        assert [a[0] for a in answers] == [503] * 3, answers
+        for _, _, body in answers:
+            assert b"fn.1 failed at start" in body and b"became ready" not in body, body
+        await wait_until(lambda: not _live(daemon), timeout=20, what="nothing left running")
+        assert _scale(daemon)["desired"] == 0
+        events = _scale_events(daemon)
+        assert events[-1][1] == "0" and events[-1][2].startswith("cold start failed: fn.1"), events

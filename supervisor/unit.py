@@ -280,7 +280,7 @@ def _needed(plan: Plan, seen: DaemonSpec, program: list[str]) -> list[Path]:
     """Every path the daemon reads, runs or writes: Corral itself and its interpreter, the
     project, the services' working directories and interpreters, the [daemon] directories.
     Each as given and resolved (a symlink in /usr/local/bin may point into a home)."""
-    places = [Path(sys.executable), Path(program[0]), plan.path.parent]
+    places = [Path(program[0]), _interpreter(Path(program[0])), plan.path.parent]
     for service in plan.services.values():
         places.append(service.cwd)
         if os.path.isabs(service.command[0]):  # (a bare name is found on PATH, or in the venv)
@@ -292,6 +292,17 @@ def _needed(plan: Plan, seen: DaemonSpec, program: list[str]) -> list[Path]:
         places.append(seen.cache_dir)
     absolute = [Path(os.path.abspath(p)) for p in places]
     return list(dict.fromkeys([*absolute, *(Path(os.path.realpath(p)) for p in absolute)]))
+
+
+def _interpreter(program: Path) -> Path:
+    """What runs `program`: the interpreter its `#!` line names, or itself (a binary)."""
+    try:
+        with program.open("rb") as f:
+            head = f.readline(4096)
+    except OSError:
+        return program
+    words = head[2:].split() if head.startswith(b"#!") else []
+    return Path(os.fsdecode(words[0])) if words else program
 
 
 def _private_tmp(needed: list[Path]) -> list[str]:

@@ -33,6 +33,22 @@ stop_timeout = "5s"
 """
 
 
+# The same stack for units rendered in-process, run by a system interpreter: what a unit may
+# hide depends on every path it needs, and this checkout (hence sys.executable) may itself
+# live under /tmp or a home, as a CI clone does.
+SYSTEM_PY = "/usr/bin/python3"
+STACK_OUTSIDE = STACK.replace(PY, SYSTEM_PY)
+
+
+def _program(where: Path) -> list[str]:
+    """A `corral` script in `where` whose interpreter is the system's (as argv for the unit)."""
+    script = where / "bin" / "corral"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(f"#!{SYSTEM_PY}\n")
+    script.chmod(0o755)
+    return [str(script)]
+
+
 def corral(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supervisor", *args],
@@ -80,7 +96,6 @@ def test_the_system_units_have_what_the_issue_lists_and_verify(tmp_path: Path) -
         "Delegate=yes",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        f"# No PrivateTmp=: {tmp_path} is under a temporary directory.",
         "Requires=corral-shop-stack.socket",
         f"X-Corral-Config={path}",
         "TimeoutStartSec=90",  # extended by the daemon while it converges (test_systemd.py)
@@ -90,6 +105,10 @@ def test_the_system_units_have_what_the_issue_lists_and_verify(tmp_path: Path) -
         f"WorkingDirectory={tmp_path}",
     ):
         assert line in lines, (line, service)
+    # The project is under /tmp (and so may this checkout be): no private /tmp, and the unit
+    # says why (which path comes first depends on where Corral itself is).
+    assert "PrivateTmp=yes" not in lines
+    assert any(line.startswith("# No PrivateTmp=: /") for line in lines), service
     assert f"ReadWritePaths={tmp_path}" in lines  # the project; .corral/ is inside it
     assert any(line.startswith("ProtectHome=") for line in lines)
     exec_start = next(line for line in lines if line.startswith("ExecStart="))
@@ -118,8 +137,8 @@ def test_a_project_outside_tmp_gets_a_private_tmp() -> None:
     home = Path.home()
     project = Path(tempfile.mkdtemp(prefix=".corral-unit-test-", dir=home))  # not under /tmp
     try:
-        plan = config.load(write_config(project, STACK))
-        lines = unit.service_unit(plan, user=False).splitlines()
+        plan = config.load(write_config(project, STACK_OUTSIDE))
+        lines = unit.service_unit(plan, user=False, argv=_program(project)).splitlines()
     finally:
         shutil.rmtree(project)
     assert "PrivateTmp=yes" in lines
@@ -211,8 +230,8 @@ def _sandbox_case(tmp_path: Path, daemon: str) -> tuple[list[str], str]:
         pytest.skip("needs a writable /srv: a project outside /tmp and the home directories")
     project = Path(tempfile.mkdtemp(prefix="corral-unit-test-", dir=base))
     try:
-        plan = config.load(write_config(project, f"{STACK}\n[daemon]\n{daemon}\n"))
-        text = unit.service_unit(plan, user=False)
+        plan = config.load(write_config(project, f"{STACK_OUTSIDE}\n[daemon]\n{daemon}\n"))
+        text = unit.service_unit(plan, user=False, argv=_program(project))
         service = tmp_path / "corral-shop-stack.service"
         service.write_text(text)
         assert verify(analyze, [service], user=False, runtime=tmp_path) == ""
@@ -254,8 +273,8 @@ def test_corral_itself_under_tmp_gets_no_private_tmp(tmp_path: Path) -> None:
     script.write_text("#!/bin/sh\n")
     script.chmod(0o755)
     try:
-        plan = config.load(write_config(project, STACK))
-        outside = unit.service_unit(plan, user=False)
+        plan = config.load(write_config(project, STACK_OUTSIDE))
+        outside = unit.service_unit(plan, user=False, argv=_program(project))
         inside = unit.service_unit(plan, user=False, argv=[str(script)])
     finally:
         shutil.rmtree(project)

@@ -471,8 +471,60 @@ def gauge(metrics: bytes, name: str) -> float:
     raise AssertionError(f"{name} not in the metrics")
 
 
+DAEMON_NOFILE = 1024
+
+
 def _low_fd_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (DAEMON_NOFILE, DAEMON_NOFILE))
+
+
+@dataclasses.dataclass
+class LowFdDaemon:
+    """A real `corral daemon` limited to DAEMON_NOFILE descriptors (low_fd_daemon)."""
+
+    process: subprocess.Popen[bytes]
+    sock_path: Path
+    log_path: Path
+
+    def states(self) -> list[str]:
+        status, body = unix_get(self.sock_path, "/v1/ps", timeout=5)
+        assert status == 200, body
+        return [row["state"] for row in json.loads(body)]
+
+
+@contextlib.contextmanager
+def low_fd_daemon(tmp_path: Path, *, client_fds: int) -> Iterator[LowFdDaemon]:
+    """The daemon of tmp_path's corral.toml (two instances) once both are ready, while this
+    test process may open `client_fds` descriptors for its flood. Afterwards: both instances
+    stayed ready, none went unhealthy, failed or crashed, and the daemon logged no descriptor
+    trouble."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < client_fds:
+        pytest.skip(f"the test process needs {client_fds} descriptors; its hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    sock_path = tmp_path / ".corral" / "corral.sock"
+    log_path = tmp_path / "daemon.log"
+    argv = [sys.executable, "-m", "supervisor", "daemon", "-f", str(tmp_path / "corral.toml")]
+    with (
+        open(log_path, "wb") as log_file,
+        spawned(
+            argv, cwd=tmp_path, stderr=log_file, preexec_fn=_low_fd_limit, start_new_session=True
+        ) as process,
+    ):
+        daemon = LowFdDaemon(process, sock_path, log_path)
+        deadline = time.monotonic() + 30
+        while not (sock_path.exists() and _answers(sock_path) and daemon.states() == ["ready"] * 2):
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "the stack did not come up"
+            time.sleep(0.05)
+        yield daemon
+        assert daemon.states() == ["ready", "ready"]
+        _, body = unix_get(sock_path, "/v1/events?n=1000")
+        events = [json.loads(line) for line in body.splitlines() if line.strip()]
+        assert not [e for e in events if e["new"] in ("unhealthy", "failed", "crashed")], events
+    text = log_path.read_text()
+    for bad in ("Too many open files", "EMFILE", "internal error", "Traceback"):
+        assert bad not in text, text[-3000:]
 
 
 FLOOD = 1500  # idle connections, more than the daemon's whole descriptor limit (1024)
@@ -480,25 +532,14 @@ FLOOD = 1500  # idle connections, more than the daemon's whole descriptor limit 
 
 def test_an_fd_flood_leaves_supervision_working(tmp_path: Path) -> None:
     """Issue 7.3: more idle connections than the daemon has descriptors; nothing else breaks."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < FLOOD + 200:
-        pytest.skip(f"the test process needs {FLOOD + 200} descriptors; its hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     proxy_port = free_port()
     write_config(
         tmp_path,
         f'[proxy]\nlisten = "127.0.0.1:{proxy_port}"\n' + web_service("web", instances=2),
     )
-    sock_path = tmp_path / ".corral" / "corral.sock"
-    log_path = tmp_path / "daemon.log"
-    argv = [sys.executable, "-m", "supervisor", "daemon", "-f", str(tmp_path / "corral.toml")]
 
-    def states() -> list[str]:
-        status, body = unix_get(sock_path, "/v1/ps")
-        assert status == 200, body
-        return [row["state"] for row in json.loads(body)]
-
-    async def flood() -> dict[str, float]:
+    async def flood(daemon: LowFdDaemon) -> dict[str, float]:
+        sock_path = daemon.sock_path
         reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
         figures: dict[str, float] = {}
         conns = []
@@ -513,14 +554,14 @@ def test_an_fd_flood_leaves_supervision_working(tmp_path: Path) -> None:
         assert status == 200
         figures["held"] = gauge(metrics, "corral_proxy_client_connections")
         figures["cap"] = gauge(metrics, "corral_proxy_max_connections")
-        figures["daemon_fds"] = psutil.Process(daemon.pid).num_fds()
+        figures["daemon_fds"] = psutil.Process(daemon.process.pid).num_fds()
         assert gauge(metrics, "corral_proxy_accept_pauses_total") >= 1
         assert figures["held"] <= figures["cap"] + 16
         # During the flood: the control API answers, health checks pass (two seconds is ten
         # probe intervals), and the proxy serves the connection it already had.
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            assert states() == ["ready", "ready"]
+            assert daemon.states() == ["ready", "ready"]
             writer.write(b"GET /during HTTP/1.1\r\nHost: t\r\n\r\n")
             assert (await read_response(reader)).status == 200
             await asyncio.sleep(0.2)
@@ -542,29 +583,12 @@ def test_an_fd_flood_leaves_supervision_working(tmp_path: Path) -> None:
             await asyncio.sleep(0.1)
         return figures
 
-    with (
-        open(log_path, "wb") as log_file,
-        spawned(
-            argv, cwd=tmp_path, stderr=log_file, preexec_fn=_low_fd_limit, start_new_session=True
-        ) as daemon,
-    ):
-        deadline = time.monotonic() + 30
-        while not (sock_path.exists() and _answers(sock_path) and states() == ["ready"] * 2):
-            assert daemon.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the stack did not come up"
-            time.sleep(0.05)
-        figures = asyncio.run(flood())
-        assert states() == ["ready", "ready"]
-        _, body = unix_get(sock_path, "/v1/events?n=1000")
-        events = [json.loads(line) for line in body.splitlines() if line.strip()]
-        assert not [e for e in events if e["new"] in ("unhealthy", "failed", "crashed")], events
-    text = log_path.read_text()
-    for bad in ("Too many open files", "EMFILE", "internal error", "Traceback"):
-        assert bad not in text, text[-3000:]
+    with low_fd_daemon(tmp_path, client_fds=FLOOD + 200) as daemon:
+        figures = asyncio.run(flood(daemon))
     print(
         f"fd flood: {figures['flood']:.0f} connections opened, the proxy held "
         f"{figures['held']:.0f} (max_connections {figures['cap']:.0f}), daemon "
-        f"{figures['daemon_fds']:.0f} descriptors of 1024"
+        f"{figures['daemon_fds']:.0f} descriptors of {DAEMON_NOFILE}"
     )
 
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import resource
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -21,7 +18,7 @@ from supervisor.ports import free_port
 from supervisor.tcpsite import TcpSite
 
 from .conftest import running_daemon, wait_until, web_service, write_config
-from .test_hostile import closed_within, spawned, unix_get
+from .test_hostile import DAEMON_NOFILE, LowFdDaemon, closed_within, low_fd_daemon
 from .test_proxy_support import raw_exchange, read_response
 
 HALF_HEAD = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # never finished
@@ -197,19 +194,10 @@ async def test_a_daemons_listeners_close_unfinished_heads_at_the_deadline(tmp_pa
 # --- a flood against a real daemon ------------------------------------------------------------------
 
 FLOOD = 1500  # half-open heads per listener: more than the daemon's whole descriptor limit
-DAEMON_NOFILE = 1024
-
-
-def _low_fd_limit() -> None:
-    resource.setrlimit(resource.RLIMIT_NOFILE, (DAEMON_NOFILE, DAEMON_NOFILE))
 
 
 def test_a_flood_of_half_open_heads_leaves_the_daemon_working(tmp_path: Path) -> None:
     """Finding 1: thousands of unfinished heads on /metrics' and the dashboard's ports."""
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 2 * FLOOD + 200:
-        pytest.skip(f"the test needs {2 * FLOOD + 200} descriptors; its hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     proxy_port, metrics_port, dashboard_port = free_port(), free_port(), free_port()
     write_config(
         tmp_path,
@@ -217,16 +205,9 @@ def test_a_flood_of_half_open_heads_leaves_the_daemon_working(tmp_path: Path) ->
         f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n'
         f'[dashboard]\nlisten = "127.0.0.1:{dashboard_port}"\n' + web_service("web", instances=2),
     )
-    sock_path = tmp_path / ".corral" / "corral.sock"
-    log_path = tmp_path / "daemon.log"
-    argv = [sys.executable, "-m", "supervisor", "daemon", "-f", str(tmp_path / "corral.toml")]
 
-    def states() -> list[str]:
-        status, body = unix_get(sock_path, "/v1/ps", timeout=5)
-        assert status == 200, body
-        return [row["state"] for row in json.loads(body)]
-
-    async def flood(pid: int) -> dict[str, int]:
+    async def flood(daemon: LowFdDaemon) -> dict[str, int]:
+        pid = daemon.process.pid
         before = psutil.Process(pid).num_fds()
         conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         for port in (metrics_port, dashboard_port):
@@ -244,7 +225,7 @@ def test_a_flood_of_half_open_heads_leaves_the_daemon_working(tmp_path: Path) ->
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
             figures["fds"] = max(figures.get("fds", 0), psutil.Process(pid).num_fds())
-            assert states() == ["ready", "ready"]
+            assert daemon.states() == ["ready", "ready"]
             (resp,) = await raw_exchange(proxy_port, b"GET /during HTTP/1.1\r\nHost: t\r\n\r\n")
             assert resp.status == 200
             await asyncio.sleep(0.2)
@@ -267,38 +248,15 @@ def test_a_flood_of_half_open_heads_leaves_the_daemon_working(tmp_path: Path) ->
             await asyncio.sleep(0.1)
         return figures
 
-    with (
-        open(log_path, "wb") as log_file,
-        spawned(
-            argv, cwd=tmp_path, stderr=log_file, preexec_fn=_low_fd_limit, start_new_session=True
-        ) as daemon,
-    ):
-        deadline = time.monotonic() + 30
-        while not (sock_path.exists() and _answers(sock_path) and states() == ["ready"] * 2):
-            assert daemon.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "the stack did not come up"
-            time.sleep(0.05)
-        figures = asyncio.run(flood(daemon.pid))
-        assert states() == ["ready", "ready"]
-        _, body = unix_get(sock_path, "/v1/events?n=1000")
-        events = [json.loads(line) for line in body.splitlines() if line.strip()]
-        assert not [e for e in events if e["new"] in ("unhealthy", "failed", "crashed")], events
+    with low_fd_daemon(tmp_path, client_fds=2 * FLOOD + 200) as daemon:
+        figures = asyncio.run(flood(daemon))
     # Two listeners of 64 connections each, over what the daemon held before (plus slack for
     # the probes and the control requests made meanwhile).
     assert figures["fds"] <= figures["before"] + 2 * 64 + 32, figures
-    text = log_path.read_text()
-    for bad in ("Too many open files", "EMFILE", "internal error", "Traceback"):
-        assert bad not in text, text[-3000:]
+    text = daemon.log_path.read_text()
     assert "metrics listener: 64 connections open (its cap)" in text
     assert "dashboard listener: 64 connections open (its cap)" in text
     print(
         f"listen flood: {figures['opened']} half-open heads; daemon descriptors "
         f"{figures['before']} before, at most {figures['fds']} during (limit {DAEMON_NOFILE})"
     )
-
-
-def _answers(sock_path: Path) -> bool:
-    try:
-        return unix_get(sock_path, "/v1/status", timeout=2)[0] == 200
-    except OSError:
-        return False

@@ -21,11 +21,14 @@ from .verdict import Findings, Verdict, judge_fixed_scale, judge_supervision
 
 FILE = "compose.yaml"
 # Docker's healthcheck start_period is Corral's start: failing probes then mean "starting".
+DOCKER_START_PERIOD = (
+    "healthcheck start_period = the longer of health.start_period and start_timeout: probe "
+    "failures while starting do not count"
+)
 DOCKER_START_TIMEOUT = (
     Verdict.APPROXIMATED,
-    "healthcheck start_period = the longer of health.start_period and start_timeout: probe "
-    "failures while starting do not count; a container still failing after it is marked "
-    "unhealthy, not stopped and failed",
+    f"{DOCKER_START_PERIOD}; a container still failing after it is marked unhealthy, not "
+    "stopped and failed",
 )
 
 _CONDITIONS = {

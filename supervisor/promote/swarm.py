@@ -17,6 +17,7 @@ from config.model import RestartPolicy
 from config.units import format_duration
 
 from .compose import (
+    DOCKER_START_PERIOD,
     entry_service,
     judge_depends,
     judge_routes,
@@ -114,8 +115,7 @@ def _deploy(w: Workload) -> dict[str, Any]:
 # would fail the instance and retry it after a cool-down.
 _START_TIMEOUT = (
     Verdict.APPROXIMATED,
-    "healthcheck start_period = the longer of health.start_period and start_timeout: probe "
-    "failures while starting do not count; a task still failing after it is replaced",
+    f"{DOCKER_START_PERIOD}; a task still failing after it is replaced",
 )
 
 

@@ -162,8 +162,8 @@ class Traffic:
         else:
             alive.add(inst.key)
         pool = self.pools.get(inst.spec.name)
-        if pool is None or inst.port is None or self.server is None:
-            return  # no proxy (any more: at shutdown it stops before the instances)
+        if pool is None or inst.port is None:
+            return
         self._follow(pool, inst, new, alive)
         members = self._members.setdefault(inst.spec.name, set())
         if new is State.READY:
